@@ -1,0 +1,276 @@
+"""Mask2Former with a DINOv3 backbone.
+
+Only the pixel-level module's encoder differs from upstream Mask2Former: a DINOv3 backbone (transformers' own
+`DINOv3ViTBackbone` / `DINOv3ConvNextBackbone`, so its weights keep their upstream names) followed by an `adapter`
+that turns its features into true stride 4/8/16/32 maps. Upstream's pixel decoder, transformer decoder, Hungarian
+matcher, loss and output classes are reused as they are.
+"""
+
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.models.auto import AutoBackbone
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerForUniversalSegmentation,
+    Mask2FormerLoss,
+    Mask2FormerModel,
+    Mask2FormerPixelDecoder,
+    Mask2FormerPixelLevelModule,
+    Mask2FormerPixelLevelModuleOutput,
+    Mask2FormerPreTrainedModel,
+    Mask2FormerTransformerModule,
+)
+
+from .configuration_mask2former_dinov3 import ADAPTER_FEATURE_STRIDES, VIT_TYPE, Mask2FormerDINOv3Config
+
+
+# Inputs must tile exactly into the coarsest (stride 32) map, or the pyramid levels stop lining up.
+INPUT_SIZE_MULTIPLE = 32
+
+
+class Mask2FormerDINOv3LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a `(batch, channels, height, width)` map (ViTDet's "LN" norm)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states.permute(0, 2, 3, 1)
+        hidden_states = super().forward(hidden_states)
+        return hidden_states.permute(0, 3, 1, 2)
+
+
+def _build_norm(kind: str, channels: int) -> nn.Module:
+    if kind == "layer_norm":
+        return Mask2FormerDINOv3LayerNorm2d(channels, eps=1e-6)
+    if kind == "group_norm":
+        return nn.GroupNorm(32, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"Unknown adapter norm {kind!r}; expected 'layer_norm', 'group_norm' or 'none'.")
+
+
+def _projection(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=norm == "none"),
+        _build_norm(norm, out_channels),
+    )
+
+
+class Mask2FormerDINOv3ViTAdapter(nn.Module):
+    """ViTDet-style simple feature pyramid: stride-16 ViT tokens -> maps at strides 4, 8, 16 and 32.
+
+    Level k takes tapped layer k (or the single tapped layer for all levels) and resamples it: two 2x transposed
+    convolutions (x4), one (x2), identity (x1) or 2x2 max-pooling (x0.5); a 1x1 convolution + norm then projects
+    each level to `out_channels[k]`.
+
+    Args:
+        embed_dim: width of the ViT tokens.
+        out_channels: channels of the four output maps, finest first.
+        num_inputs: 4 (one tapped layer per level) or 1 (every level from the same layer).
+        norm: "layer_norm", "group_norm" or "none".
+    """
+
+    feature_strides = ADAPTER_FEATURE_STRIDES
+
+    def __init__(self, *, embed_dim: int, out_channels: Sequence[int], num_inputs: int = 4, norm: str = "layer_norm"):
+        super().__init__()
+        if num_inputs not in (1, 4):
+            raise ValueError(f"num_inputs must be 1 or 4 tapped layers, got {num_inputs}.")
+        if len(out_channels) != 4:
+            raise ValueError(f"out_channels must give 4 channel counts (strides 4, 8, 16, 32), got {out_channels}.")
+        half, quarter = max(embed_dim // 2, 1), max(embed_dim // 4, 1)
+        self.num_inputs = num_inputs
+        self.out_channels = list(out_channels)
+        self.resample = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.ConvTranspose2d(embed_dim, half, kernel_size=2, stride=2),
+                    _build_norm(norm, half),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(half, quarter, kernel_size=2, stride=2),
+                ),
+                nn.ConvTranspose2d(embed_dim, half, kernel_size=2, stride=2),
+                nn.Identity(),
+                nn.MaxPool2d(kernel_size=2, stride=2),
+            ]
+        )
+        resampled_channels = (quarter, half, embed_dim, embed_dim)
+        self.projections = nn.ModuleList(
+            [_projection(c_in, c_out, norm) for c_in, c_out in zip(resampled_channels, self.out_channels)]
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        if len(features) != self.num_inputs:
+            raise ValueError(f"Expected {self.num_inputs} ViT feature maps, got {len(features)}.")
+        inputs = list(features) * 4 if self.num_inputs == 1 else list(features)
+        return tuple(
+            project(resample(x)) for x, resample, project in zip(inputs, self.resample, self.projections)
+        )
+
+
+class Mask2FormerDINOv3ConvNextAdapter(nn.Module):
+    """Passes the four ConvNeXt stages (already at strides 4, 8, 16, 32) on, optionally projected.
+
+    Args:
+        in_channels: widths of the four ConvNeXt stages.
+        out_channels: channels to project each stage to (1x1 convolution + norm); `None` keeps the stages as they are.
+        norm: "layer_norm", "group_norm" or "none" (used only with projections).
+    """
+
+    feature_strides = ADAPTER_FEATURE_STRIDES
+
+    def __init__(
+        self, *, in_channels: Sequence[int], out_channels: Sequence[int] | None = None, norm: str = "layer_norm"
+    ):
+        super().__init__()
+        if len(in_channels) != 4:
+            raise ValueError(f"A DINOv3 ConvNeXt has 4 stages; got in_channels={in_channels}.")
+        if out_channels is None or list(out_channels) == list(in_channels):
+            self.out_channels = list(in_channels)
+            self.projections = nn.ModuleList([nn.Identity() for _ in in_channels])
+        else:
+            self.out_channels = list(out_channels)
+            self.projections = nn.ModuleList(
+                [_projection(c_in, c_out, norm) for c_in, c_out in zip(in_channels, out_channels)]
+            )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(project(x) for x, project in zip(features, self.projections))
+
+
+def build_adapter(config: Mask2FormerDINOv3Config, backbone_channels: Sequence[int]) -> nn.Module:
+    """The adapter that matches `config.backbone_config` (ViT or ConvNeXt)."""
+    if config.backbone_config.model_type == VIT_TYPE:
+        return Mask2FormerDINOv3ViTAdapter(
+            embed_dim=config.backbone_config.hidden_size,
+            out_channels=config.adapter_output_channels,
+            num_inputs=len(config.tapped_layers),
+            norm=config.adapter_norm,
+        )
+    return Mask2FormerDINOv3ConvNextAdapter(
+        in_channels=backbone_channels, out_channels=config.adapter_channels, norm=config.adapter_norm
+    )
+
+
+def check_input_size(pixel_values: torch.Tensor) -> None:
+    """Raise a `ValueError` unless height and width are multiples of 32 (see `INPUT_SIZE_MULTIPLE`)."""
+    height, width = pixel_values.shape[-2:]
+    if height % INPUT_SIZE_MULTIPLE or width % INPUT_SIZE_MULTIPLE:
+        raise ValueError(
+            f"Mask2FormerDINOv3 needs pixel_values whose height and width are multiples of {INPUT_SIZE_MULTIPLE}, "
+            f"got {height}x{width}. Resize or pad the images (Mask2FormerDINOv3ImageProcessor pads to "
+            f"size_divisor={INPUT_SIZE_MULTIPLE} by default)."
+        )
+
+
+class Mask2FormerDINOv3PixelLevelModule(Mask2FormerPixelLevelModule):
+    """Upstream's pixel-level module with a DINOv3 backbone (`encoder`) and an `adapter` in front of the decoder."""
+
+    def __init__(self, config: Mask2FormerDINOv3Config):
+        # Skip the parent's __init__: it would build a decoder for the backbone's raw (stride-16) channels.
+        nn.Module.__init__(self)
+        self.encoder = AutoBackbone.from_config(config.backbone_config)
+        self.adapter = build_adapter(config, self.encoder.channels)
+        self.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.adapter.out_channels)
+        self.freeze_backbone = config.freeze_backbone
+        if self.freeze_backbone:
+            self.encoder.requires_grad_(False)
+
+    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> Mask2FormerPixelLevelModuleOutput:
+        check_input_size(pixel_values)
+        # A frozen backbone keeps no activations for backward.
+        with torch.no_grad() if self.freeze_backbone else contextlib.nullcontext():
+            backbone_features = self.encoder(pixel_values).feature_maps
+        decoder_output = self.decoder(self.adapter(backbone_features), output_hidden_states=output_hidden_states)
+        return Mask2FormerPixelLevelModuleOutput(
+            encoder_last_hidden_state=backbone_features[-1],
+            encoder_hidden_states=tuple(backbone_features) if output_hidden_states else None,
+            decoder_last_hidden_state=decoder_output.mask_features,
+            decoder_hidden_states=decoder_output.multi_scale_features,
+        )
+
+
+class Mask2FormerDINOv3PreTrainedModel(Mask2FormerPreTrainedModel):
+    """Weight initialisation and capabilities shared by the Mask2FormerDINOv3 models."""
+
+    config: Mask2FormerDINOv3Config
+    # Upstream Mask2Former sets neither: its decoder layers and DINOv3's layers are GradientCheckpointingLayers, and
+    # the attention implementation is dispatched to the DINOv3 backbone (Mask2Former's own attention is eager).
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _no_split_modules = ["DINOv3ViTLayer", "DINOv3ConvNextLayer", "Mask2FormerMaskedAttentionDecoderLayer"]
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """Always `False`, so that the model gets upstream Mask2Former's initialisation.
+
+        transformers treats classes defined outside its package (ours, imported or loaded with `trust_remote_code`)
+        as custom code and then skips `_init_weights` for every module without parameters of its own, which drops
+        Mask2Former's xavier / radial-grid / zeroed-attention inits (decoder layers and deformable attention set them
+        on their children). Our `_init_weights` only uses `transformers.initialization`, which honours loaded weights,
+        so the custom-code safeguard is not needed. Saving the code with the weights is governed by
+        `is_remote_code()`, which is unaffected.
+        """
+        return False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        if isinstance(module, (Mask2FormerDINOv3ViTAdapter, Mask2FormerDINOv3ConvNextAdapter)):
+            # Adapter convolutions use detectron2's c2_xavier_fill (kaiming-uniform, a=1; zero bias), as ViTDet's
+            # simple feature pyramid does; norms start as identity.
+            for submodule in module.modules():
+                if isinstance(submodule, (nn.Conv2d, nn.ConvTranspose2d)):
+                    init.kaiming_uniform_(submodule.weight, a=1)
+                    if submodule.bias is not None:
+                        init.zeros_(submodule.bias)
+                elif isinstance(submodule, (nn.LayerNorm, nn.GroupNorm)):
+                    init.ones_(submodule.weight)
+                    init.zeros_(submodule.bias)
+        else:
+            super()._init_weights(module)
+
+
+class Mask2FormerDINOv3Model(Mask2FormerModel, Mask2FormerDINOv3PreTrainedModel):
+    """Mask2Former model (no task head) with a DINOv3 backbone; outputs as `Mask2FormerModel`."""
+
+    config: Mask2FormerDINOv3Config
+
+    def __init__(self, config: Mask2FormerDINOv3Config):
+        # Same as upstream except for the pixel-level module.
+        Mask2FormerDINOv3PreTrainedModel.__init__(self, config)
+        self.pixel_level_module = Mask2FormerDINOv3PixelLevelModule(config)
+        self.transformer_module = Mask2FormerTransformerModule(in_features=config.feature_size, config=config)
+        self.post_init()
+
+
+class Mask2FormerDINOv3ForUniversalSegmentation(Mask2FormerForUniversalSegmentation, Mask2FormerDINOv3PreTrainedModel):
+    """Mask2Former with a DINOv3 backbone and heads for instance, semantic and panoptic segmentation."""
+
+    config: Mask2FormerDINOv3Config
+
+    def __init__(self, config: Mask2FormerDINOv3Config):
+        # Same as upstream except for the base model class.
+        Mask2FormerDINOv3PreTrainedModel.__init__(self, config)
+        self.model = Mask2FormerDINOv3Model(config)
+        self.weight_dict: dict[str, float] = {
+            "loss_cross_entropy": config.class_weight,
+            "loss_mask": config.mask_weight,
+            "loss_dice": config.dice_weight,
+        }
+        self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
+        self.criterion = Mask2FormerLoss(config=config, weight_dict=self.weight_dict)
+        self.post_init()
+
+
+__all__ = [
+    "Mask2FormerDINOv3ConvNextAdapter",
+    "Mask2FormerDINOv3ForUniversalSegmentation",
+    "Mask2FormerDINOv3Model",
+    "Mask2FormerDINOv3PixelLevelModule",
+    "Mask2FormerDINOv3PreTrainedModel",
+    "Mask2FormerDINOv3ViTAdapter",
+]

@@ -1,0 +1,29 @@
+"""Packaging for mask2former-dinov3."""
+
+from setuptools import find_packages, setup
+
+
+TRAIN = ["accelerate>=1.0", "datasets>=3.0", "pycocotools>=2.0.7", "albumentations>=2.0"]
+TEST = TRAIN + ["pytest>=8", "parameterized>=0.9"]
+
+setup(
+    name="mask2former-dinov3",
+    version="0.1.0",
+    description="DINOv3 backbones (ViT and ConvNeXt) for Mask2Former in Hugging Face Transformers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["mask2former_dinov3", "mask2former_dinov3.*"]),
+    python_requires=">=3.10",
+    # torch is not pinned here: install the build for your hardware first (see README).
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.23,<6",
+        "huggingface_hub",
+        "safetensors",
+        "numpy",
+        "pillow",
+        "scipy",
+    ],
+    extras_require={"train": TRAIN, "test": TEST},
+    entry_points={"console_scripts": ["mask2former-dinov3-convert=mask2former_dinov3.pretrained:main"]},
+)
