@@ -1,0 +1,176 @@
+"""Saving and reloading: same process, fresh process (imported package and trust_remote_code), Auto classes,
+image processor, pipeline and post-processing."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation, pipeline
+
+from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation, Mask2FormerDINOv3ImageProcessor
+from tiny_configs import tiny_config
+
+
+@pytest.fixture(scope="module", params=["vit", "convnext"])
+def saved(request, tmp_path_factory):
+    """A tiny saved model + processor, with a reference input and output written beside it."""
+    directory = tmp_path_factory.mktemp(f"saved_{request.param}")
+    torch.manual_seed(0)
+    config = tiny_config(request.param, id2label={0: "cat", 1: "dog", 2: "sky"}, label2id={"cat": 0, "dog": 1, "sky": 2})
+    model = Mask2FormerDINOv3ForUniversalSegmentation(config).eval()
+    model.save_pretrained(directory)
+    Mask2FormerDINOv3ImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(directory)
+    pixel_values = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        reference = model(pixel_values)
+    torch.save({"pixel_values": pixel_values, "masks": reference.masks_queries_logits,
+                "classes": reference.class_queries_logits}, directory / "reference.pt")
+    return directory, model, pixel_values, reference
+
+
+def test_saved_folder_is_safetensors_with_code_and_auto_map(saved):
+    directory = saved[0]
+    assert (directory / "model.safetensors").exists()
+    assert not list(directory.glob("*.bin"))
+    config = json.loads((directory / "config.json").read_text())
+    assert config["model_type"] == "mask2former_dinov3"
+    assert config["auto_map"]["AutoModelForUniversalSegmentation"].endswith(
+        "modeling_mask2former_dinov3.Mask2FormerDINOv3ForUniversalSegmentation")
+    assert config["auto_map"]["AutoConfig"].endswith("Mask2FormerDINOv3Config")
+    for name in ("modeling_mask2former_dinov3.py", "configuration_mask2former_dinov3.py", "pretrained.py",
+                 "image_processing_mask2former_dinov3.py"):
+        assert (directory / name).exists(), name
+    processor_config = json.loads((directory / "preprocessor_config.json").read_text())
+    assert processor_config["auto_map"]["AutoImageProcessor"].endswith("Mask2FormerDINOv3ImageProcessor")
+
+
+def test_same_process_round_trip_is_identical(saved):
+    directory, _, pixel_values, reference = saved
+    reloaded = AutoModelForUniversalSegmentation.from_pretrained(directory).eval()
+    assert isinstance(reloaded, Mask2FormerDINOv3ForUniversalSegmentation)
+    with torch.no_grad():
+        out = reloaded(pixel_values)
+    assert torch.equal(out.masks_queries_logits, reference.masks_queries_logits)
+    assert torch.equal(out.class_queries_logits, reference.class_queries_logits)
+    assert reloaded.config.id2label == {0: "cat", 1: "dog", 2: "sky"}
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import sys, torch
+    IMPORT_PACKAGE = {import_package}
+    if IMPORT_PACKAGE:
+        import mask2former_dinov3
+    from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
+    directory = {directory!r}
+    kwargs = {{}} if IMPORT_PACKAGE else {{"trust_remote_code": True}}
+    model = AutoModelForUniversalSegmentation.from_pretrained(directory, **kwargs).eval()
+    processor = AutoImageProcessor.from_pretrained(directory, **kwargs)
+    reference = torch.load(directory + "/reference.pt", weights_only=True)
+    with torch.no_grad():
+        out = model(reference["pixel_values"])
+    assert torch.equal(out.masks_queries_logits, reference["masks"]), "masks differ"
+    assert torch.equal(out.class_queries_logits, reference["classes"]), "classes differ"
+    print("MODEL", type(model).__module__, type(model).__name__)
+    print("PROCESSOR", type(processor).__name__)
+    print("IMPORTED", "mask2former_dinov3" in sys.modules)
+    """
+)
+
+
+def run_fresh(code):
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_fresh_process_after_importing_the_package(saved):
+    stdout = run_fresh(FRESH_PROCESS.format(import_package=True, directory=str(saved[0])))
+    assert "MODEL mask2former_dinov3.modeling_mask2former_dinov3 Mask2FormerDINOv3ForUniversalSegmentation" in stdout
+    assert "PROCESSOR Mask2FormerDINOv3ImageProcessor" in stdout
+
+
+def test_fresh_process_with_trust_remote_code_and_no_import(saved):
+    stdout = run_fresh(FRESH_PROCESS.format(import_package=False, directory=str(saved[0])))
+    assert "MODEL transformers_modules." in stdout and "Mask2FormerDINOv3ForUniversalSegmentation" in stdout
+    assert "PROCESSOR Mask2FormerDINOv3ImageProcessor" in stdout
+    assert "IMPORTED False" in stdout
+
+
+def test_trust_remote_code_from_a_config_alone_gets_upstream_initialisation(saved, tmp_path):
+    """The out-of-tree initialisation pitfall, on the remote-code path: build from config, check the init."""
+    code = textwrap.dedent(
+        f"""
+        import math, sys, torch
+        from transformers import AutoConfig, AutoModelForUniversalSegmentation
+        config = AutoConfig.from_pretrained({str(saved[0])!r}, trust_remote_code=True)
+        torch.manual_seed(0)
+        model = AutoModelForUniversalSegmentation.from_config(config, trust_remote_code=True)
+        assert "mask2former_dinov3" not in sys.modules
+        attention = model.model.pixel_level_module.decoder.encoder.layers[0].self_attn
+        print("OFFSET_STD", float(attention.sampling_offsets.bias.detach().std()))
+        print("ATTN_WEIGHTS_ABS", float(attention.attention_weights.weight.abs().sum()))
+        fc1 = model.model.transformer_module.decoder.layers[0].fc1.weight
+        print("FC1_STD", float(fc1.std()), "XAVIER", math.sqrt(2 / sum(fc1.shape)))
+        """
+    )
+    values = dict(line.split(" ", 1) for line in run_fresh(code).splitlines() if line[:1].isupper())
+    attention = saved[1].model.pixel_level_module.decoder.encoder.layers[0].self_attn
+    assert abs(float(values["OFFSET_STD"]) - float(attention.sampling_offsets.bias.detach().std())) < 1e-6
+    assert float(values["ATTN_WEIGHTS_ABS"]) == 0.0
+    fc1_std, _, xavier = values["FC1_STD"].split()
+    assert abs(float(fc1_std) - float(xavier)) < 0.15 * float(xavier)
+
+
+def test_auto_image_processor_returns_ours(saved):
+    processor = AutoImageProcessor.from_pretrained(saved[0])
+    assert isinstance(processor, Mask2FormerDINOv3ImageProcessor)
+    assert processor.size_divisor == 32
+    assert list(processor.image_mean) == [0.485, 0.456, 0.406]
+
+
+def _image(height=70, width=90, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def test_processor_pads_to_a_multiple_of_32_and_post_processing_works(saved):
+    directory, model = saved[0], saved[1]
+    processor = AutoImageProcessor.from_pretrained(directory)
+    image = _image()
+    inputs = processor(images=image, return_tensors="pt")
+    height, width = inputs["pixel_values"].shape[-2:]
+    assert height % 32 == 0 and width % 32 == 0
+    with torch.no_grad():
+        outputs = model(pixel_values=inputs["pixel_values"])
+    target = [(image.height, image.width)]
+    semantic = processor.post_process_semantic_segmentation(outputs, target_sizes=target)[0]
+    assert tuple(semantic.shape) == (70, 90)
+    assert set(semantic.unique().tolist()) <= {0, 1, 2}
+    instance = processor.post_process_instance_segmentation(outputs, threshold=0.0, target_sizes=target)[0]
+    assert tuple(instance["segmentation"].shape) == (70, 90)
+    assert all(0 <= s["label_id"] < 3 for s in instance["segments_info"])
+    panoptic = processor.post_process_panoptic_segmentation(outputs, threshold=0.0, target_sizes=target)[0]
+    assert tuple(panoptic["segmentation"].shape) == (70, 90)
+
+
+def test_image_processor_presets_use_the_presets_normalisation():
+    satellite = Mask2FormerDINOv3ImageProcessor.from_preset("dinov3-vitl16-sat493m")
+    assert list(satellite.image_mean) == [0.430, 0.411, 0.296]
+    assert list(Mask2FormerDINOv3ImageProcessor.from_preset("dinov3-vits16").image_std) == [0.229, 0.224, 0.225]
+
+
+def test_pipeline_from_a_saved_folder_returns_masks(saved):
+    segmenter = pipeline("image-segmentation", model=str(saved[0]))
+    results = segmenter(_image(), subtask="semantic")
+    assert results, "the pipeline returned no segment"
+    for result in results:
+        assert result["label"] in {"cat", "dog", "sky"}
+        assert result["mask"].size == (90, 70)
+    instances = segmenter(_image(), subtask="instance", threshold=0.0)
+    assert all(r["mask"].size == (90, 70) for r in instances)
