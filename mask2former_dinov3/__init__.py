@@ -22,7 +22,7 @@ from .modeling_mask2former_dinov3 import (
     Mask2FormerDINOv3PreTrainedModel,
     Mask2FormerDINOv3ViTAdapter,
 )
-from .pretrained import PRESETS, DINOv3Preset, get_preset
+from .pretrained import PRESETS, DINOv3CheckpointError, DINOv3Preset, get_preset
 
 
 __version__ = "0.1.0"
@@ -52,6 +52,7 @@ def _register() -> None:
 _register()
 
 __all__ = [
+    "DINOv3CheckpointError",
     "DINOv3Preset",
     "Mask2FormerDINOv3Config",
     "Mask2FormerDINOv3ConvNextAdapter",

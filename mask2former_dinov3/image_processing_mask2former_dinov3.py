@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from transformers.models.mask2former.image_processing_pil_mask2former import Mask2FormerImageProcessorPil
+from transformers.models.mask2former.image_processing_pil_mask2former import (
+    Mask2FormerImageProcessorKwargs,
+    Mask2FormerImageProcessorPil,
+)
 
 from .pretrained import IMAGENET_MEAN, IMAGENET_STD, get_preset
+
+
+class Mask2FormerDINOv3ImageProcessorKwargs(Mask2FormerImageProcessorKwargs, total=False):
+    """Keyword arguments of `Mask2FormerDINOv3ImageProcessor`: Mask2Former's (`size_divisor`, `ignore_index`, ...).
+
+    Its own class, as transformers' convention expects `<Processor>Kwargs` next to each processor; no new keys.
+    """
 
 
 class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
@@ -15,6 +25,7 @@ class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
     `post_process_panoptic_segmentation` are upstream's and work on Mask2FormerDINOv3 outputs.
     """
 
+    valid_kwargs = Mask2FormerDINOv3ImageProcessorKwargs
     image_mean = list(IMAGENET_MEAN)
     image_std = list(IMAGENET_STD)
     size_divisor = 32
@@ -28,4 +39,4 @@ class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
         return cls(**kwargs)
 
 
-__all__ = ["Mask2FormerDINOv3ImageProcessor"]
+__all__ = ["Mask2FormerDINOv3ImageProcessor", "Mask2FormerDINOv3ImageProcessorKwargs"]

@@ -8,15 +8,18 @@ matcher, loss and output classes are reused as they are.
 
 
 import contextlib
+import functools
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import initialization as init
 from transformers.models.auto import AutoBackbone
 from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerForUniversalSegmentation,
     Mask2FormerLoss,
+    Mask2FormerMaskedAttentionDecoderLayer,
     Mask2FormerModel,
     Mask2FormerPixelDecoder,
     Mask2FormerPixelLevelModule,
@@ -175,8 +178,21 @@ class Mask2FormerDINOv3PixelLevelModule(Mask2FormerPixelLevelModule):
         self.adapter = build_adapter(config, self.encoder.channels)
         self.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.adapter.out_channels)
         self.freeze_backbone = config.freeze_backbone
+        self.freeze_untrainable_parameters()
+
+    def freeze_untrainable_parameters(self) -> None:
+        """Turn off gradients for the backbone if `freeze_backbone`, and always for DINOv3's mask token.
+
+        DINOv3's mask token only replaces patches under `bool_masked_pos` (masked-image pretraining), which
+        segmentation never passes: it can never get a gradient, and a trainable parameter without one breaks DDP
+        (without `find_unused_parameters=True`) and transformers' gradient-checkpointing checks. Called at init and
+        again after `from_pretrained`, whose loader recreates every loaded parameter with `requires_grad=True`.
+        """
         if self.freeze_backbone:
             self.encoder.requires_grad_(False)
+        mask_token = getattr(getattr(self.encoder, "embeddings", None), "mask_token", None)
+        if mask_token is not None:
+            mask_token.requires_grad_(False)
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> Mask2FormerPixelLevelModuleOutput:
         check_input_size(pixel_values)
@@ -217,6 +233,53 @@ class Mask2FormerDINOv3PreTrainedModel(Mask2FormerPreTrainedModel):
         """
         return False
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As upstream's `from_pretrained`, then re-freezes what the model keeps frozen (see
+        `Mask2FormerDINOv3PixelLevelModule.freeze_untrainable_parameters`): transformers' loader recreates every loaded
+        parameter with `requires_grad=True`, which would silently undo `freeze_backbone`."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        for module in model.modules():
+            if isinstance(module, Mask2FormerDINOv3PixelLevelModule):
+                module.freeze_untrainable_parameters()
+        return loaded
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The backbone's input layer: the ViT's patch embedding, or the ConvNeXt's patchify stem convolution.
+
+        This is what `enable_input_require_grads()` hooks, so that PEFT-style training with frozen backbone weights
+        and reentrant gradient checkpointing still gets gradients into the checkpointed layers.
+        """
+        encoder = self.base_model.pixel_level_module.encoder
+        embeddings = encoder.get_input_embeddings()
+        if embeddings is None:
+            # transformers' DINOv3ConvNextBackbone has no input-embedding accessor; its stem is stage 0's 4x4 conv.
+            embeddings = encoder.model.stages[0].downsample_layers[0]
+        return embeddings
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
+    ):
+        """As upstream's, except that Mask2Former's decoder layers always use non-reentrant checkpointing.
+
+        Upstream's decoder hands every decoder layer the same multi-scale features inside a list. Reentrant
+        checkpointing only detaches tensor arguments, so each layer's recomputation would backpropagate into the pixel
+        decoder's graph again ("Trying to backward through the graph a second time"). Non-reentrant checkpointing
+        handles such inputs; DINOv3's layers keep what the caller asked for.
+        """
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers)
+        keywords = getattr(gradient_checkpointing_func, "keywords", None) or {}
+        if enable and keywords.get("use_reentrant"):
+            non_reentrant = functools.partial(
+                gradient_checkpointing_func.func,
+                *gradient_checkpointing_func.args,
+                **{**keywords, "use_reentrant": False},
+            )
+            for module in self.modules():
+                if isinstance(module, Mask2FormerMaskedAttentionDecoderLayer):
+                    module._gradient_checkpointing_func = non_reentrant
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         if isinstance(module, (Mask2FormerDINOv3ViTAdapter, Mask2FormerDINOv3ConvNextAdapter)):
@@ -247,6 +310,23 @@ class Mask2FormerDINOv3Model(Mask2FormerModel, Mask2FormerDINOv3PreTrainedModel)
         self.post_init()
 
 
+class Mask2FormerDINOv3Loss(Mask2FormerLoss):
+    """Upstream's Mask2Former loss with the number of target masks averaged correctly across processes.
+
+    Upstream's `get_num_masks` all-reduces with accelerate's `reduce`, whose default reduction is already the mean, and
+    then divides by the world size again: with N processes the masks are counted N times too few and the mask and
+    dice losses come out N times too large. Here every process normalises by the global mean number of masks (as
+    DETR / Mask2Former do), so that DDP's gradient averaging gives the gradient of the loss over the global batch.
+    """
+
+    def get_num_masks(self, class_labels: torch.Tensor, device: torch.device) -> torch.Tensor:
+        num_masks = torch.as_tensor(sum(len(classes) for classes in class_labels), dtype=torch.float, device=device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(num_masks)
+            num_masks = num_masks / torch.distributed.get_world_size()
+        return torch.clamp(num_masks, min=1)
+
+
 class Mask2FormerDINOv3ForUniversalSegmentation(Mask2FormerForUniversalSegmentation, Mask2FormerDINOv3PreTrainedModel):
     """Mask2Former with a DINOv3 backbone and heads for instance, semantic and panoptic segmentation."""
 
@@ -262,13 +342,80 @@ class Mask2FormerDINOv3ForUniversalSegmentation(Mask2FormerForUniversalSegmentat
             "loss_dice": config.dice_weight,
         }
         self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
-        self.criterion = Mask2FormerLoss(config=config, weight_dict=self.weight_dict)
+        self.criterion = Mask2FormerDINOv3Loss(config=config, weight_dict=self.weight_dict)
         self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        mask_labels: list[torch.Tensor] | None = None,
+        class_labels: list[torch.Tensor] | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_auxiliary_logits: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        """Upstream's forward (see `Mask2FormerForUniversalSegmentation.forward` for the arguments and outputs).
+
+        With `return_dict=False` it returns `output.to_tuple()`, i.e. `(loss, class_queries_logits, ...)` when labels
+        are given: upstream builds that tuple as `(loss) + output`, which raises a TypeError (`(loss)` is a tensor).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output = super().forward(
+            pixel_values,
+            mask_labels=mask_labels,
+            class_labels=class_labels,
+            pixel_mask=pixel_mask,
+            output_hidden_states=output_hidden_states,
+            output_auxiliary_logits=output_auxiliary_logits,
+            output_attentions=output_attentions,
+            return_dict=True,
+            **kwargs,
+        )
+        return output if return_dict else output.to_tuple()
+
+    @classmethod
+    def from_dinov3_pretrained(cls, backbone, head=None, **kwargs):
+        """A model whose DINOv3 backbone (and optionally Mask2Former head) comes from pretrained checkpoints.
+
+        Args:
+            backbone: a hub id (`facebook/dinov3-vits16-pretrain-lvd1689m`), a preset name (`dinov3-vits16`), a
+                folder in transformers' DINOv3ViT / DINOv3ConvNext format (`config.json` + safetensors), or Meta's
+                original ViT `.pth` file. The backbone architecture is the checkpoint's (its `config.json`, or for a
+                `.pth` inferred from its tensor shapes and checked against its file name), never guessed.
+            head: optional hub id or folder of a Mask2Former checkpoint (upstream's, e.g.
+                `facebook/mask2former-swin-small-coco-instance`, or a Mask2FormerDINOv3 one). Its pixel decoder and
+                transformer decoder tensors are copied where shapes match, its class head only when the label set
+                matches. Decoder sizes (and the labels, unless `num_labels` / `id2label` are given) follow the head.
+            preset (`str`, keyword): an architecture to insist on (`"dinov3-vits16"` or a hub id); a checkpoint
+                with another architecture raises `DINOv3CheckpointError` (a `ValueError`). A `backbone_config`
+                keyword is checked the same way and then used as the backbone config (with its usage settings).
+            backbone_overrides (`dict`, keyword): non-architecture DINOv3 config fields to set, e.g.
+                `{"drop_path_rate": 0.1}`.
+            hub_kwargs (`dict`, keyword): passed to the Hub downloads (`token`, `revision`, `cache_dir`, ...).
+            output_loading_info (`bool`, keyword): also return a dict with `loaded`, `initialized` (model keys),
+                `ignored` (checkpoint keys not used, with the reason; head ones prefixed `head:`), `skipped`
+                (head tensors not transferred, with the reason and shapes), `backbone_checkpoint`,
+                `backbone_preset`, `head_checkpoint`.
+            **kwargs: any other `Mask2FormerDINOv3Config` field (`num_labels`, `id2label`, `tapped_layers`,
+                `adapter_channels`, ...).
+
+        `config.backbone_checkpoint` records the backbone's name (hub id, folder name or file name; never a local
+        path). A concise report of what was loaded, ignored and newly initialised is logged as a warning. Raises
+        `DINOv3CheckpointError` naming the file when a checkpoint is not DINOv3 / Mask2Former, is unreadable or
+        truncated, or does not match the requested architecture. Implemented in `mask2former_dinov3.pretrained`.
+        """
+        from .pretrained import load_dinov3_pretrained
+
+        return load_dinov3_pretrained(cls, backbone, head=head, **kwargs)
 
 
 __all__ = [
     "Mask2FormerDINOv3ConvNextAdapter",
     "Mask2FormerDINOv3ForUniversalSegmentation",
+    "Mask2FormerDINOv3Loss",
     "Mask2FormerDINOv3Model",
     "Mask2FormerDINOv3PixelLevelModule",
     "Mask2FormerDINOv3PreTrainedModel",

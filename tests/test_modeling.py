@@ -209,7 +209,7 @@ def radial_grid(n_heads, n_levels, n_points):
 def init_statistics(model):
     """Per-tensor std of the transformer decoder's weight matrices, keyed by name relative to the decoder."""
     decoder = model.model.transformer_module.decoder
-    return {n: float(p.std()) for n, p in decoder.named_parameters() if p.dim() > 1}
+    return {n: float(p.detach().std()) for n, p in decoder.named_parameters() if p.dim() > 1}
 
 
 def check_upstream_initialisation(model, upstream):
