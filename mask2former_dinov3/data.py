@@ -1,0 +1,949 @@
+"""Datasets, augmentation and collation for fine-tuning Mask2FormerDINOv3.
+
+Three kinds of source give the same `Sample` (an RGB image, possibly overlapping binary masks, contiguous label ids):
+
+* `CocoSegmentationSource`: a COCO instance JSON and its image folder (Roboflow's layout is `train/_annotations.coco.json`
+  with the images beside it). Polygons and RLE (compressed and uncompressed) are decoded with pycocotools.
+* `HFSegmentationSource`: a Hugging Face dataset in the format of transformers' instance-segmentation example
+  (`image`, `annotation` PNG with the semantic id in channel 0 and the instance id in channel 1,
+  `semantic_class_to_id`).
+* `SyntheticSegmentationSource`: the deterministic synthetic set of `mask2former_dinov3.synthetic` (offline default).
+
+`SegmentationDataset` augments a source's samples with albumentations and turns them into Mask2Former's inputs for one
+task (`instance`, `semantic` or `panoptic`); `SegmentationCollator` pads a batch. Evaluation items also carry an
+`EvalTarget`: the ground truth at the image's original resolution, which the metrics compare predictions with.
+
+Bad input is either handled or rejected with a `DataError` naming the file and the problem:
+
+* images are converted to RGB: grayscale is replicated, RGBA / palette transparency is composited onto white (as
+  transformers' `convert_to_rgb`), 16-bit images are scaled from 0..65535 to 0..255 (not clipped);
+* images of any size are resized to the training size first, so an image smaller than the crop is upsampled;
+* an annotation whose polygons all have fewer than 3 points is skipped with a warning naming the file and the
+  annotation id (one bad outline should not stop a long run); a polygon part with fewer than 3 points is dropped;
+* a missing image file, a corrupt or truncated JSON, a category id that is not in the label map, an RLE whose size
+  is not the image's, an image whose size is not the one its JSON states: `DataError`;
+* an image without annotations is kept: it trains the "no object" class (the loss stays finite).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("instance", "semantic", "panoptic")
+# Pixels that belong to no annotated class in semantic ground truth (ignored by mIoU).
+IGNORE_INDEX = 255
+# Mask2FormerDINOv3 needs input sides that are multiples of 32 (stride-32 level of the pyramid).
+SIZE_MULTIPLE = 32
+ROBOFLOW_SPLITS = {"train": ("train",), "validation": ("valid", "validation", "val"), "test": ("test",)}
+ROBOFLOW_JSON = "_annotations.coco.json"
+
+
+class DataError(ValueError):
+    """A dataset file cannot be used; the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Label maps
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelMap:
+    """The model's label space: contiguous ids `0..N-1`, their names, which are things, and the dataset's own ids.
+
+    Attributes:
+        id2label: contiguous label id -> class name.
+        thing_ids: label ids of countable objects ("things"); the others are "stuff" (panoptic only).
+        dataset_ids: the dataset's own category / semantic id -> contiguous label id.
+    """
+
+    id2label: dict[int, str]
+    thing_ids: frozenset[int] = frozenset()
+    dataset_ids: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if sorted(self.id2label) != list(range(len(self.id2label))):
+            raise ValueError(f"LabelMap ids must be 0..N-1, got {sorted(self.id2label)}")
+        self.thing_ids = frozenset(int(i) for i in self.thing_ids)
+        if not self.dataset_ids:
+            self.dataset_ids = {i: i for i in self.id2label}
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes (the model's `num_labels`)."""
+        return len(self.id2label)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Class name -> contiguous label id."""
+        return {name: i for i, name in self.id2label.items()}
+
+    @property
+    def stuff_ids(self) -> list[int]:
+        """Label ids that are not things (panoptic stuff classes)."""
+        return [i for i in self.id2label if i not in self.thing_ids]
+
+    def to_label(self, dataset_id: int, where: str) -> int:
+        """Contiguous label id of a dataset id; `DataError` naming `where` if the id is unknown."""
+        try:
+            return self.dataset_ids[int(dataset_id)]
+        except KeyError:
+            known = sorted(self.dataset_ids)
+            shown = ", ".join(map(str, known[:30])) + (", ..." if len(known) > 30 else "")
+            raise DataError(f"{where}: category id {dataset_id} is not in the label map (known ids: {shown}).") from None
+
+
+def _unique_names(names: list[str], ids: list[int]) -> list[str]:
+    counts = Counter(names)
+    out = []
+    for name, cid in zip(names, ids):
+        if counts[name] > 1:
+            logger.warning("Category name %r is used by several ids; naming id %d %r.", name, cid, f"{name}_{cid}")
+            name = f"{name}_{cid}"
+        out.append(name)
+    return out
+
+
+def label_map_from_coco(coco: dict, source: str = "") -> LabelMap:
+    """Label map from a COCO JSON's `categories` (sorted by id; `isthing: 0` marks stuff classes).
+
+    Roboflow exports list the dataset itself as a parent category (id 0, supercategory "none", named as the other
+    classes' supercategory) that no annotation uses; such a category is left out (and logged).
+    """
+    categories = sorted(coco["categories"], key=lambda c: int(c["id"]))
+    used = {int(a["category_id"]) for a in coco["annotations"] if "category_id" in a}
+
+    def is_parent(category):
+        if int(category["id"]) in used or len(categories) < 2:
+            return False
+        children = [c for c in categories if c is not category and c.get("supercategory") == category["name"]]
+        return bool(children) or str(category.get("supercategory", "")).lower() == "none"
+
+    kept = [c for c in categories if not is_parent(c)]
+    for category in categories:
+        if is_parent(category):
+            logger.info("%s: left out category %s (%r): a parent category without annotations (Roboflow export).",
+                        source, category["id"], category["name"])  # fmt: skip
+    if not kept:
+        raise DataError(f"{source}: no categories.")
+    ids = [int(c["id"]) for c in kept]
+    names = _unique_names([str(c["name"]) for c in kept], ids)
+    return LabelMap(
+        id2label=dict(enumerate(names)),
+        thing_ids=frozenset(i for i, c in enumerate(kept) if int(c.get("isthing", 1)) != 0),
+        dataset_ids={cid: i for i, cid in enumerate(ids)},
+    )
+
+
+def check_label_maps_agree(label_map: LabelMap, coco: dict, source: str) -> None:
+    """Raise `DataError` if a category id of `coco` is named differently in `label_map` (e.g. train vs valid JSON)."""
+    for category in coco["categories"]:
+        label = label_map.dataset_ids.get(int(category["id"]))
+        name = str(category["name"])
+        if label is not None and label_map.id2label[label] not in (name, f"{name}_{category['id']}"):
+            raise DataError(
+                f"{source}: category id {category['id']} is named {category['name']!r} here but "
+                f"{label_map.id2label[label]!r} in the training annotations; the splits must share one category list."
+            )
+
+
+def label_map_from_semantic_class_to_id(
+    semantic_class_to_id: dict[str, int], do_reduce_labels: bool = False, thing_dataset_ids: Sequence[int] | None = None
+) -> LabelMap:
+    """Label map of a dataset in transformers' example format (`semantic_class_to_id`, name -> semantic id).
+
+    With `do_reduce_labels`, semantic id 0 is background (ignored) and the other ids shift down by one, as in
+    transformers' example. Ids are made contiguous in sorted order. `thing_dataset_ids` lists the semantic ids that
+    have instances (default: all).
+    """
+    items = sorted(((int(v), str(k)) for k, v in semantic_class_to_id.items()))
+    if do_reduce_labels:
+        items = [(v, k) for v, k in items if v != 0]
+    dataset_ids = {v: i for i, (v, _) in enumerate(items)}
+    things = dataset_ids.keys() if thing_dataset_ids is None else [t for t in thing_dataset_ids if t in dataset_ids]
+    return LabelMap(
+        id2label={i: k for i, (_, k) in enumerate(items)},
+        thing_ids=frozenset(dataset_ids[t] for t in things),
+        dataset_ids=dataset_ids,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def to_rgb_array(image: Image.Image, source: str = "") -> np.ndarray:
+    """An `(H, W, 3)` uint8 RGB array from any PIL image.
+
+    16-bit (`I;16*`, `I`) images are scaled from 0..65535 to 0..255; transparency is composited onto white, as
+    transformers' `convert_to_rgb` does at inference; grayscale and palette images are expanded.
+    """
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        array = np.asarray(image).astype(np.float64)
+        if array.min() < 0 or array.max() > 65535:
+            raise DataError(f"{source}: 32-bit integer image with values outside 0..65535; convert it to 8 or 16 bit.")
+        gray = np.round(array * (255.0 / 65535.0)).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if mode == "F":
+        raise DataError(f"{source}: floating-point image (PIL mode F); save it as an 8- or 16-bit image.")
+    from transformers.image_transforms import convert_to_rgb
+
+    return np.ascontiguousarray(convert_to_rgb(image, return_numpy=True))
+
+
+def load_image(path: str, source: str = "") -> np.ndarray:
+    """Read an image file as `(H, W, 3)` uint8 RGB; `DataError` naming `source` and the path if it cannot be read."""
+    where = f"{source}: " if source else ""
+    if not os.path.isfile(path):
+        raise DataError(f"{where}image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb_array(image, source=f"{where}{path}")
+    except DataError:
+        raise
+    except Exception as error:  # PIL raises many types for unreadable files
+        raise DataError(f"{where}cannot read image {path}: {error}") from error
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Samples and sources
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """One image and its segments in the model's label space, at the image's own resolution.
+
+    Attributes:
+        image: `(H, W, 3)` uint8 RGB.
+        masks: `(N, H, W)` uint8 binary masks; instances may overlap.
+        labels: `(N,)` contiguous label ids.
+        iscrowd: `(N,)` bool, COCO crowd regions (not trained on as instances; ignored by the metrics).
+        is_instance: `(N,)` bool, whether the segment is one object (thing) rather than a stuff region.
+        image_id: unique id of the image in its split (used to deduplicate evaluation across processes).
+        file_name: where the image came from, for messages and overlays.
+    """
+
+    image: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    iscrowd: np.ndarray
+    is_instance: np.ndarray
+    image_id: int
+    file_name: str = ""
+
+    def __post_init__(self):
+        height, width = self.image.shape[:2]
+        if self.masks.size == 0:
+            self.masks = np.zeros((0, height, width), dtype=np.uint8)
+        n = len(self.masks)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
+        self.iscrowd = np.asarray(self.iscrowd, dtype=bool).reshape(n)
+        self.is_instance = np.asarray(self.is_instance, dtype=bool).reshape(n)
+
+
+def _read_coco_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: annotation file not found.")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            coco = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); the file is corrupt "
+            f"or truncated. Re-export or re-download it (and check the disk was not full when it was written)."
+        ) from error
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not a UTF-8 text file ({error}); is it really a COCO JSON?") from error
+    if not isinstance(coco, dict):
+        raise DataError(f"{path}: expected a COCO JSON object with images/annotations/categories, got {type(coco).__name__}.")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise DataError(f"{path}: missing or invalid {key!r} list; is this a COCO instance-segmentation JSON?")
+    return coco
+
+
+class CocoSegmentationSource:
+    """Samples of a COCO instance JSON (`images`, `annotations`, `categories`) and its image folder.
+
+    Everything that can be checked without decoding images is checked when the source is built: image files exist,
+    category ids are in the label map, annotation segmentations are usable. Masks are decoded per sample.
+
+    Args:
+        annotation_file: path of the COCO JSON.
+        image_dir: folder of the images (`file_name` is relative to it); defaults to the JSON's folder (Roboflow).
+        label_map: the model's labels; built from this JSON's categories if not given.
+    """
+
+    def __init__(self, annotation_file: str, image_dir: str | None = None, label_map: LabelMap | None = None):
+        self.annotation_file = annotation_file
+        self.image_dir = image_dir if image_dir is not None else os.path.dirname(os.path.abspath(annotation_file))
+        coco = _read_coco_json(annotation_file)
+        if label_map is None:
+            label_map = label_map_from_coco(coco, annotation_file)
+        else:
+            check_label_maps_agree(label_map, coco, annotation_file)
+        self.label_map = label_map
+        self.images = []
+        seen_ids = set()
+        missing = []
+        for image in coco["images"]:
+            try:
+                image_id, file_name = int(image["id"]), str(image["file_name"])
+                height, width = int(image["height"]), int(image["width"])
+            except (KeyError, TypeError, ValueError) as error:
+                raise DataError(f"{annotation_file}: image entry {image!r} lacks id/file_name/height/width ({error}).") from None
+            if image_id in seen_ids:
+                raise DataError(f"{annotation_file}: image id {image_id} appears twice.")
+            seen_ids.add(image_id)
+            path = os.path.join(self.image_dir, file_name)
+            if not os.path.isfile(path):
+                missing.append(path)
+            self.images.append({"id": image_id, "file_name": file_name, "path": path, "height": height, "width": width})
+        if missing:
+            shown = "\n  ".join(missing[:5])
+            more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DataError(
+                f"{annotation_file}: {len(missing)} image file(s) listed in the JSON are missing:\n  {shown}{more}\n"
+                f"(image folder: {self.image_dir})"
+            )
+        sizes = {img["id"]: (img["height"], img["width"]) for img in self.images}
+        self.annotations: dict[int, list[dict]] = {img["id"]: [] for img in self.images}
+        skipped = 0
+        for ann in coco["annotations"]:
+            ann_id = ann.get("id", "?")
+            where = f"{annotation_file}: annotation {ann_id}"
+            image_id = ann.get("image_id")
+            if image_id not in sizes:
+                raise DataError(f"{where} refers to image id {image_id}, which is not in 'images'.")
+            if "category_id" not in ann:
+                raise DataError(f"{where} has no category_id.")
+            label = label_map.to_label(ann["category_id"], where)
+            segmentation = self._check_segmentation(ann.get("segmentation"), sizes[image_id], where)
+            if segmentation is None:
+                skipped += 1
+                continue
+            self.annotations[image_id].append(
+                {
+                    "id": ann_id,
+                    "label": label,
+                    "segmentation": segmentation,
+                    "iscrowd": bool(ann.get("iscrowd", 0)),
+                }
+            )
+        if skipped:
+            logger.warning("%s: skipped %d annotation(s) without a usable segmentation (see above).", annotation_file, skipped)
+
+    @staticmethod
+    def _check_segmentation(segmentation: Any, size: tuple[int, int], where: str):
+        """The segmentation in a form pycocotools decodes, or None (with a warning) if it has no usable outline."""
+        if isinstance(segmentation, list):
+            polygons = []
+            for polygon in segmentation:
+                if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+                    points = len(polygon) // 2 if isinstance(polygon, list) else 0
+                    logger.warning("%s: dropped a polygon with %d point(s) (a polygon needs at least 3).", where, points)
+                    continue
+                polygons.append([float(v) for v in polygon])
+            if not polygons:
+                logger.warning("%s: skipped, no polygon with at least 3 points.", where)
+                return None
+            return polygons
+        if isinstance(segmentation, dict):
+            if "counts" not in segmentation or "size" not in segmentation:
+                raise DataError(f"{where}: RLE segmentation needs 'counts' and 'size', got keys {sorted(segmentation)}.")
+            if [int(s) for s in segmentation["size"]] != list(size):
+                raise DataError(
+                    f"{where}: RLE size {segmentation['size']} differs from the image's height/width {list(size)}."
+                )
+            return segmentation
+        logger.warning("%s: skipped, no segmentation (boxes alone cannot train masks).", where)
+        return None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def decode_mask(self, segmentation, height: int, width: int) -> np.ndarray:
+        """`(H, W)` uint8 mask of a COCO polygon list or RLE (compressed or uncompressed), via pycocotools."""
+        from pycocotools import mask as mask_utils
+
+        if isinstance(segmentation, list):
+            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        elif isinstance(segmentation["counts"], list):
+            rle = mask_utils.frPyObjects(segmentation, height, width)
+        else:
+            rle = dict(segmentation)
+            if isinstance(rle["counts"], str):
+                rle["counts"] = rle["counts"].encode("ascii")
+        return mask_utils.decode(rle).astype(np.uint8)
+
+    def __getitem__(self, index: int) -> Sample:
+        info = self.images[index]
+        image = load_image(info["path"], self.annotation_file)
+        height, width = image.shape[:2]
+        if (height, width) != (info["height"], info["width"]):
+            raise DataError(
+                f"{self.annotation_file}: image {info['file_name']} is {width}x{height} pixels but the JSON says "
+                f"{info['width']}x{info['height']}; the annotations would not line up (EXIF rotation or a resized "
+                f"copy?)."
+            )
+        anns = self.annotations[info["id"]]
+        masks = [self.decode_mask(a["segmentation"], height, width) for a in anns]
+        keep = [i for i, m in enumerate(masks) if m.any()]
+        return Sample(
+            image=image,
+            masks=np.stack([masks[i] for i in keep]) if keep else np.zeros((0, height, width), np.uint8),
+            labels=[anns[i]["label"] for i in keep],
+            iscrowd=[anns[i]["iscrowd"] for i in keep],
+            is_instance=[anns[i]["label"] in self.label_map.thing_ids for i in keep],
+            image_id=info["id"],
+            file_name=info["path"],
+        )
+
+
+def _annotation_array(annotation: Any) -> np.ndarray:
+    if isinstance(annotation, Image.Image):
+        annotation = np.asarray(annotation)
+    return np.asarray(annotation)
+
+
+def segments_from_annotation_png(
+    annotation: np.ndarray, label_map: LabelMap, do_reduce_labels: bool, where: str
+) -> tuple[np.ndarray, list[int], list[bool]]:
+    """Segments of a transformers-example annotation (channel 0 semantic id, channel 1 instance id).
+
+    Every non-zero instance id is one instance (its class is the most common semantic id under it); pixels with
+    instance id 0 form one stuff region per semantic id. With `do_reduce_labels`, semantic id 0 is ignored.
+    Returns `(masks, labels, is_instance)`.
+    """
+    if annotation.ndim == 2:
+        semantic, instance = annotation, np.zeros_like(annotation)
+    else:
+        semantic, instance = annotation[..., 0], annotation[..., 1]
+    masks, labels, is_instance = [], [], []
+    for instance_id in np.unique(instance):
+        region = instance == instance_id
+        if instance_id == 0:
+            for semantic_id in np.unique(semantic[region]):
+                if do_reduce_labels and semantic_id == 0:
+                    continue
+                masks.append((region & (semantic == semantic_id)).astype(np.uint8))
+                labels.append(label_map.to_label(int(semantic_id), where))
+                is_instance.append(False)
+            continue
+        values, counts = np.unique(semantic[region], return_counts=True)
+        semantic_id = int(values[np.argmax(counts)])
+        if do_reduce_labels and semantic_id == 0:
+            continue
+        masks.append(region.astype(np.uint8))
+        labels.append(label_map.to_label(semantic_id, where))
+        is_instance.append(True)
+    height, width = semantic.shape
+    stacked = np.stack(masks) if masks else np.zeros((0, height, width), np.uint8)
+    return stacked, labels, is_instance
+
+
+class HFSegmentationSource:
+    """Samples of a Hugging Face dataset split in the format of transformers' instance-segmentation example.
+
+    Columns: `image` (any PIL mode), `annotation` (PNG: channel 0 semantic id, channel 1 instance id; a one-channel
+    PNG is read as semantic ids only). See `segments_from_annotation_png` for how segments are formed.
+    """
+
+    def __init__(self, dataset, label_map: LabelMap, do_reduce_labels: bool = False, name: str = "dataset"):
+        for column in ("image", "annotation"):
+            if column not in dataset.column_names:
+                raise DataError(f"{name}: no {column!r} column (columns: {dataset.column_names}).")
+        self.dataset = dataset
+        self.label_map = label_map
+        self.do_reduce_labels = do_reduce_labels
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Sample:
+        row = self.dataset[index]
+        where = f"{self.name} row {index}"
+        image = to_rgb_array(row["image"], where)
+        annotation = _annotation_array(row["annotation"])
+        if annotation.shape[:2] != image.shape[:2]:
+            raise DataError(f"{where}: annotation is {annotation.shape[:2]} but the image is {image.shape[:2]}.")
+        masks, labels, is_instance = segments_from_annotation_png(annotation, self.label_map, self.do_reduce_labels, where)
+        return Sample(
+            image=image,
+            masks=masks,
+            labels=labels,
+            iscrowd=[False] * len(labels),
+            is_instance=is_instance,
+            image_id=index,
+            file_name=where,
+        )
+
+
+def thing_semantic_ids(dataset) -> list[int]:
+    """Semantic ids that appear with a non-zero instance id anywhere in `dataset` (decodes every annotation)."""
+    things = set()
+    for annotation in dataset["annotation"]:
+        array = _annotation_array(annotation)
+        if array.ndim == 3:
+            things.update(np.unique(array[..., 0][array[..., 1] != 0]).tolist())
+    return sorted(int(t) for t in things)
+
+
+def load_hf_dataset(name_or_path: str, token: str | None = None, trust_remote_code: bool = False):
+    """A `DatasetDict` from a hub name, a `save_to_disk` folder or a local data folder."""
+    import datasets
+
+    if os.path.isdir(name_or_path) and (
+        os.path.isfile(os.path.join(name_or_path, "dataset_dict.json"))
+        or os.path.isfile(os.path.join(name_or_path, "state.json"))
+    ):
+        loaded = datasets.load_from_disk(name_or_path)
+        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+    kwargs = {"token": token}
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    return datasets.load_dataset(name_or_path, **kwargs)
+
+
+def semantic_class_to_id_of(dataset, name: str) -> dict[str, int]:
+    """The `semantic_class_to_id` mapping of a dataset in transformers' example format (a column, dict or JSON)."""
+    if "semantic_class_to_id" not in dataset.column_names:
+        raise DataError(
+            f"{name}: no 'semantic_class_to_id' column; the dataset must follow transformers' instance-segmentation "
+            f"example format (image, annotation, semantic_class_to_id)."
+        )
+    mapping = dataset[0]["semantic_class_to_id"]
+    if isinstance(mapping, str):
+        mapping = json.loads(mapping)
+    return {str(k): int(v) for k, v in mapping.items() if v is not None}
+
+
+class SyntheticSegmentationSource:
+    """Samples of `mask2former_dinov3.synthetic` (deterministic shapes on a sky/ground background), generated on
+    first use and cached: the offline default dataset.
+
+    Args:
+        split: "train", "valid" or "test" (independent streams of images).
+        num_samples: number of images.
+        seed: generator seed.
+        image_size: side of the square images.
+        with_stuff: include the stuff regions ("sky", "ground") as segments (semantic / panoptic tasks); without,
+            the label map holds the four thing classes only (instance task).
+        **config_kwargs: other `synthetic.SyntheticConfig` fields (e.g. `size_probabilities`).
+    """
+
+    def __init__(
+        self, split: str, num_samples: int, seed: int = 0, image_size: int = 128, with_stuff: bool = False,
+        **config_kwargs,
+    ):  # fmt: skip
+        from . import synthetic
+
+        self.split = split
+        self.num_samples = num_samples
+        self.seed = seed
+        self.config = synthetic.SyntheticConfig(image_size=image_size, **config_kwargs)
+        self.with_stuff = with_stuff
+        self.label_map = synthetic_label_map(with_stuff)
+        self._cache: dict[int, Sample] = {}
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        if index not in self._cache:
+            from .synthetic import generate_sample
+
+            self._cache[index] = synthetic_to_sample(
+                generate_sample(index, seed=self.seed, split=self.split, config=self.config), self.with_stuff
+            )
+        return self._cache[index]
+
+
+def synthetic_label_map(with_stuff: bool) -> LabelMap:
+    """Label map of the synthetic data: the thing classes, plus the stuff classes when `with_stuff`."""
+    from .synthetic import CLASSES, THING_CLASSES
+
+    names = CLASSES if with_stuff else THING_CLASSES
+    return LabelMap(id2label=dict(enumerate(names)), thing_ids=frozenset(range(len(THING_CLASSES))))
+
+
+def synthetic_to_sample(item, with_stuff: bool) -> Sample:
+    """A `Sample` from a `synthetic.SyntheticSample`: its visible instance masks, plus the stuff regions if asked."""
+    image = to_rgb_array(item.image)
+    masks = [np.asarray(m, np.uint8) for m in item.masks]
+    labels = [int(label) for label in item.labels]
+    is_instance = [True] * len(labels)
+    if with_stuff:
+        for info in item.segments_info:
+            if not info["isthing"]:
+                masks.append((item.panoptic_map == info["id"]).astype(np.uint8))
+                labels.append(int(info["category_id"]))
+                is_instance.append(False)
+    height, width = image.shape[:2]
+    return Sample(
+        image=image,
+        masks=np.stack(masks) if masks else np.zeros((0, height, width), np.uint8),
+        labels=labels,
+        iscrowd=[False] * len(labels),
+        is_instance=is_instance,
+        image_id=int(item.index),
+        file_name=f"synthetic-{item.split}-{item.index:05d}",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Ground truth per task
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def paint_order(masks: np.ndarray) -> np.ndarray:
+    """Indices of `masks` by decreasing area: painted in this order, small objects stay visible on top of large."""
+    areas = masks.reshape(len(masks), -1).sum(1) if len(masks) else np.zeros(0)
+    return np.argsort(-areas, kind="stable")
+
+
+def panoptic_segments(sample: Sample) -> tuple[np.ndarray, list[dict]]:
+    """Non-overlapping segments of a sample: `(segment_map, segments_info)`.
+
+    Overlaps are resolved by painting larger segments first. Instances keep one segment each; stuff regions of the
+    same class merge into one segment. `segment_map` is int32 with 0 for unlabelled pixels; `segments_info` items are
+    `{"id", "label_id", "iscrowd", "isthing"}`.
+    """
+    height, width = sample.image.shape[:2]
+    segment_map = np.zeros((height, width), np.int32)
+    infos: list[dict] = []
+    stuff_segment: dict[int, int] = {}
+    for index in paint_order(sample.masks):
+        label = int(sample.labels[index])
+        if sample.is_instance[index] or sample.iscrowd[index]:
+            segment_id = len(infos) + 1
+            infos.append(
+                {"id": segment_id, "label_id": label, "iscrowd": bool(sample.iscrowd[index]),
+                 "isthing": bool(sample.is_instance[index])}
+            )  # fmt: skip
+        elif label in stuff_segment:
+            segment_id = stuff_segment[label]
+        else:
+            segment_id = stuff_segment[label] = len(infos) + 1
+            infos.append({"id": segment_id, "label_id": label, "iscrowd": False, "isthing": False})
+        segment_map[sample.masks[index].astype(bool)] = segment_id
+    present = set(np.unique(segment_map).tolist())
+    kept = [info for info in infos if info["id"] in present]
+    return segment_map, kept
+
+
+def semantic_map(sample: Sample) -> np.ndarray:
+    """`(H, W)` uint8/int map of label ids, `IGNORE_INDEX` where no segment lies (larger segments painted first)."""
+    height, width = sample.image.shape[:2]
+    result = np.full((height, width), IGNORE_INDEX, np.int64)
+    for index in paint_order(sample.masks):
+        result[sample.masks[index].astype(bool)] = int(sample.labels[index])
+    return result
+
+
+def training_targets(sample: Sample, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mask2Former's `(mask_labels, class_labels)` for one (augmented) sample.
+
+    instance: one mask per non-crowd instance (overlaps kept). semantic: one mask per class present. panoptic: one
+    mask per non-crowd instance plus one per stuff class, without overlaps.
+    """
+    height, width = sample.image.shape[:2]
+    if task == "instance":
+        keep = [i for i in range(len(sample.masks)) if sample.is_instance[i] and not sample.iscrowd[i] and sample.masks[i].any()]
+        masks = sample.masks[keep] if keep else np.zeros((0, height, width), np.uint8)
+        return masks.astype(np.float32), sample.labels[keep].astype(np.int64)
+    if task == "semantic":
+        semantic = semantic_map(sample)
+        classes = [int(c) for c in np.unique(semantic) if c != IGNORE_INDEX]
+        masks = np.stack([semantic == c for c in classes]) if classes else np.zeros((0, height, width), bool)
+        return masks.astype(np.float32), np.asarray(classes, np.int64)
+    if task == "panoptic":
+        segment_map, infos = panoptic_segments(sample)
+        infos = [info for info in infos if not info["iscrowd"]]
+        masks = np.stack([segment_map == info["id"] for info in infos]) if infos else np.zeros((0, height, width), bool)
+        return masks.astype(np.float32), np.asarray([info["label_id"] for info in infos], np.int64)
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+
+
+@dataclass
+class EvalTarget:
+    """Ground truth of one evaluation image at its original resolution, for the metrics.
+
+    `masks`/`labels`/`iscrowd` hold the instances (instance task); `semantic` the label map (semantic task);
+    `segment_map`/`segments_info` the panoptic segments (panoptic task). Fields of other tasks are None.
+    """
+
+    image_id: int
+    size: tuple[int, int]
+    file_name: str = ""
+    masks: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    iscrowd: np.ndarray | None = None
+    semantic: np.ndarray | None = None
+    segment_map: np.ndarray | None = None
+    segments_info: list[dict] | None = None
+
+
+def eval_target(sample: Sample, task: str) -> EvalTarget:
+    """The `EvalTarget` of a (not augmented) sample for `task`."""
+    target = EvalTarget(image_id=sample.image_id, size=tuple(sample.image.shape[:2]), file_name=sample.file_name)
+    if task == "instance":
+        keep = np.flatnonzero(sample.is_instance | sample.iscrowd)
+        target.masks, target.labels, target.iscrowd = sample.masks[keep], sample.labels[keep], sample.iscrowd[keep]
+    elif task == "semantic":
+        target.semantic = semantic_map(sample)
+    elif task == "panoptic":
+        target.segment_map, target.segments_info = panoptic_segments(sample)
+    else:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return target
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Augmentation, dataset, collator
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def check_image_size(height: int, width: int) -> None:
+    """Raise a `ValueError` unless the training size is a positive multiple of 32 (what the model accepts)."""
+    if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        raise ValueError(
+            f"--image_height/--image_width must be positive multiples of {SIZE_MULTIPLE} (Mask2FormerDINOv3's "
+            f"coarsest feature map has stride {SIZE_MULTIPLE}), got {height}x{width}."
+        )
+
+
+def build_transforms(
+    image_height: int,
+    image_width: int,
+    train: bool,
+    min_scale: float = 0.5,
+    max_scale: float = 2.0,
+    color_jitter: float = 0.2,
+    hflip: bool = True,
+    seed: int | None = None,
+):
+    """The albumentations pipeline: resize to the training size (as the saved image processor does at inference),
+    then for training large-scale jitter (random scale in [min_scale, max_scale], pad / random crop back to the size),
+    horizontal flip and colour jitter.
+    """
+    import albumentations as A
+    import cv2
+
+    check_image_size(image_height, image_width)
+    steps = [A.Resize(image_height, image_width, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST_EXACT)]
+    if train:
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
+        if (min_scale, max_scale) != (1.0, 1.0):
+            steps += [
+                A.RandomScale(scale_limit=(min_scale - 1.0, max_scale - 1.0), interpolation=cv2.INTER_LINEAR,
+                              mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
+                A.PadIfNeeded(min_height=image_height, min_width=image_width, border_mode=cv2.BORDER_CONSTANT,
+                              fill=0, fill_mask=0, position="random"),
+                A.RandomCrop(image_height, image_width),
+            ]  # fmt: skip
+        if hflip:
+            steps.append(A.HorizontalFlip(p=0.5))
+        if color_jitter > 0:
+            steps.append(
+                A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                              hue=min(color_jitter / 4, 0.5), p=0.8)
+            )  # fmt: skip
+    return A.Compose(steps, seed=seed)
+
+
+def apply_transform(transform, sample: Sample) -> Sample:
+    """`sample` with `transform` (albumentations) applied to its image and masks; masks emptied by a crop go away."""
+    masks = sample.masks
+    # albumentations cannot stack an empty mask list: carry one dummy mask through and drop it.
+    dummy = len(masks) == 0
+    if dummy:
+        masks = np.zeros((1,) + sample.image.shape[:2], np.uint8)
+    out = transform(image=sample.image, masks=masks)
+    new_masks = np.asarray(out["masks"], dtype=np.uint8)
+    if dummy:
+        new_masks = new_masks[:0]
+    return Sample(
+        image=out["image"],
+        masks=new_masks,
+        labels=sample.labels,
+        iscrowd=sample.iscrowd,
+        is_instance=sample.is_instance,
+        image_id=sample.image_id,
+        file_name=sample.file_name,
+    )
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """A source's samples as Mask2Former inputs for one task.
+
+    Items: `pixel_values` (normalised `(3, H, W)`), `mask_labels` (`(N, H, W)` float), `class_labels` (`(N,)` long)
+    and, with `with_targets`, `target`, the `EvalTarget` at the original resolution.
+
+    Args:
+        source: a `CocoSegmentationSource`, `HFSegmentationSource`, `SyntheticSegmentationSource` or any sequence of
+            `Sample`.
+        task: "instance", "semantic" or "panoptic".
+        transform: albumentations pipeline (see `build_transforms`).
+        image_mean / image_std / rescale_factor: normalisation, taken from the image processor.
+        with_targets: add the `EvalTarget` (evaluation).
+        seed: mixed into the augmentation seed of each DataLoader worker. albumentations keeps its own generator,
+            which forked workers would otherwise share (every worker drawing the same augmentations); give each
+            process of a distributed run its own value.
+    """
+
+    def __init__(
+        self,
+        source,
+        task: str,
+        transform,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        rescale_factor: float = 1 / 255,
+        with_targets: bool = False,
+        seed: int = 0,
+    ):
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        self.source = source
+        self.task = task
+        self.transform = transform
+        self.mean = np.asarray(image_mean, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(image_std, np.float32).reshape(3, 1, 1)
+        self.rescale_factor = rescale_factor
+        self.with_targets = with_targets
+        self.seed = seed
+        self._worker_key = None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _reseed_in_worker(self) -> None:
+        worker = torch.utils.data.get_worker_info()
+        if worker is None or self.transform is None:
+            return
+        # torch gives every worker of every epoch its own seed, derived from the (seeded) main process.
+        key = (worker.id, worker.seed)
+        if key != self._worker_key:
+            self._worker_key = key
+            self.transform.set_random_seed(int(np.random.SeedSequence([worker.seed, self.seed]).generate_state(1)[0]))
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        """`(H, W, 3)` uint8 -> normalised `(3, H, W)` float tensor, as the image processor does."""
+        pixels = image.transpose(2, 0, 1).astype(np.float32) * self.rescale_factor
+        return torch.from_numpy((pixels - self.mean) / self.std)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        self._reseed_in_worker()
+        sample = self.source[index]
+        augmented = apply_transform(self.transform, sample)
+        mask_labels, class_labels = training_targets(augmented, self.task)
+        item = {
+            "pixel_values": self.normalize(augmented.image),
+            "mask_labels": torch.from_numpy(mask_labels),
+            "class_labels": torch.from_numpy(class_labels),
+        }
+        if self.with_targets:
+            item["target"] = eval_target(sample, self.task)
+        return item
+
+
+class SegmentationCollator:
+    """Batches `SegmentationDataset` items: pads images (and masks) to the largest size, rounded up to a multiple of
+    `pad_to_multiple_of`, with `pixel_mask` marking real pixels; `mask_labels`/`class_labels` stay lists (one entry
+    per image, as Mask2Former expects); `targets` is passed through when present.
+    """
+
+    def __init__(self, pad_to_multiple_of: int = SIZE_MULTIPLE):
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        multiple = self.pad_to_multiple_of
+        height = math.ceil(max(item["pixel_values"].shape[1] for item in items) / multiple) * multiple
+        width = math.ceil(max(item["pixel_values"].shape[2] for item in items) / multiple) * multiple
+        pixel_values = torch.zeros(len(items), 3, height, width)
+        pixel_mask = torch.zeros(len(items), height, width, dtype=torch.long)
+        mask_labels, class_labels = [], []
+        for i, item in enumerate(items):
+            _, h, w = item["pixel_values"].shape
+            pixel_values[i, :, :h, :w] = item["pixel_values"]
+            pixel_mask[i, :h, :w] = 1
+            masks = item["mask_labels"]
+            padded = torch.zeros(masks.shape[0], height, width, dtype=masks.dtype)
+            padded[:, :h, :w] = masks
+            mask_labels.append(padded)
+            class_labels.append(item["class_labels"])
+        batch = {
+            "pixel_values": pixel_values,
+            "pixel_mask": pixel_mask,
+            "mask_labels": mask_labels,
+            "class_labels": class_labels,
+        }
+        if "target" in items[0]:
+            batch["targets"] = [item["target"] for item in items]
+        return batch
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Roboflow / COCO folder discovery
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def find_roboflow_split(data_dir: str, split: str) -> tuple[str, str] | None:
+    """`(annotation_file, image_dir)` of a split in Roboflow's COCO layout (`train/`, `valid/`, `test/`), or None."""
+    for folder in ROBOFLOW_SPLITS[split]:
+        candidate = os.path.join(data_dir, folder, ROBOFLOW_JSON)
+        if os.path.isfile(candidate):
+            return candidate, os.path.dirname(candidate)
+    return None
+
+
+__all__ = [
+    "CocoSegmentationSource",
+    "DataError",
+    "EvalTarget",
+    "HFSegmentationSource",
+    "IGNORE_INDEX",
+    "LabelMap",
+    "Sample",
+    "SegmentationCollator",
+    "SegmentationDataset",
+    "SyntheticSegmentationSource",
+    "TASKS",
+    "synthetic_label_map",
+    "apply_transform",
+    "build_transforms",
+    "eval_target",
+    "find_roboflow_split",
+    "label_map_from_coco",
+    "label_map_from_semantic_class_to_id",
+    "load_hf_dataset",
+    "load_image",
+    "panoptic_segments",
+    "semantic_map",
+    "to_rgb_array",
+    "training_targets",
+]

@@ -1,0 +1,720 @@
+"""Command-line fine-tuning of Mask2FormerDINOv3 (the body of the repository's `run_instance_seg.py`).
+
+`HfArgumentParser` over `ModelArguments`, `DataTrainingArguments` and `SegmentationTrainingArguments`
+(transformers' `TrainingArguments` plus `--overwrite_output_dir`, `--backbone_lr_multiplier` and `--layer_decay`),
+as in transformers' own instance-segmentation example. `main(argv)` parses and runs; `run(...)` runs parsed arguments.
+
+With no dataset argument and no model argument the run trains and evaluates a small model on the package's
+deterministic synthetic shapes (offline default, see `OFFLINE_DEFAULT_ARGS`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import transformers
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config
+from .data import (
+    IGNORE_INDEX,
+    CocoSegmentationSource,
+    DataError,
+    HFSegmentationSource,
+    LabelMap,
+    SegmentationCollator,
+    SegmentationDataset,
+    SyntheticSegmentationSource,
+    build_transforms,
+    check_image_size,
+    find_roboflow_split,
+    label_map_from_semantic_class_to_id,
+    load_hf_dataset,
+    semantic_class_to_id_of,
+    thing_semantic_ids,
+)
+from .image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
+from .modeling_mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation
+from .training import (
+    MAIN_METRIC,
+    Mask2FormerTrainer,
+    save_json,
+    save_prediction_overlays,
+    set_backbone_frozen,
+    write_model_card,
+)
+
+
+logger = logging.getLogger(__name__)
+
+# Prepended to the command line when it names neither data nor model: later (user) flags override these.
+OFFLINE_DEFAULT_ARGS = [
+    "--do_train", "--do_eval",
+    "--image_height", "128", "--image_width", "128",
+    "--max_steps", "1200",
+    "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+    "--learning_rate", "6e-4", "--weight_decay", "0.05",
+    # Colours are random in the synthetic images already; milder scale jitter learns faster in a short run.
+    "--min_scale", "0.75", "--max_scale", "1.5", "--color_jitter", "0",
+    "--lr_scheduler_type", "cosine", "--warmup_steps", "60",
+    "--max_grad_norm", "1.0",
+    "--logging_steps", "50",
+    "--eval_strategy", "no", "--save_strategy", "no",
+    "--report_to", "none",
+    "--seed", "0",
+]  # fmt: skip
+DATA_FLAGS = ("dataset_name", "data_dir", "train_annotation_file", "validation_annotation_file", "test_annotation_file")
+MODEL_FLAGS = ("model_name_or_path", "preset", "backbone_name_or_path")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to fine-tune (at most one of model_name_or_path / preset / backbone_name_or_path)."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A saved Mask2FormerDINOv3 model (folder or hub id); its head is resized to the dataset's labels."
+        },
+    )
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "A DINOv3 preset name (e.g. dinov3-vits16, dinov3-convnext-tiny): random-init model."},
+    )
+    backbone_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Pretrained DINOv3 backbone (hub id / folder / Meta .pth) for from_dinov3_pretrained."},
+    )
+    head_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "With --backbone_name_or_path: a Mask2Former checkpoint whose head is transferred."},
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Config fields for a new model, e.g. 'num_queries=50,hidden_dim=128,decoder_layers=6'."},
+    )
+    freeze_backbone: bool = field(default=False, metadata={"help": "Train without updating the DINOv3 backbone."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models / datasets are cached."})
+    token: str | None = field(default=None, metadata={"help": "Hugging Face Hub token (private models / datasets)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow dataset loading scripts from the Hub."})
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which data to train and evaluate on, and how to augment it."""
+
+    task: Literal["instance", "semantic", "panoptic"] = field(
+        default="instance", metadata={"help": "Task: its targets, post-processing and metric (mAP, mIoU, PQ)."}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "HF dataset name or local folder in transformers' example format (image, annotation PNG with "
+            "semantic id in channel 0 and instance id in channel 1, semantic_class_to_id)."
+        },
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "COCO folders in Roboflow's layout: train/, valid/ (and test/) with _annotations.coco.json."},
+    )
+    train_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the training split."})
+    train_image_dir: str | None = field(default=None, metadata={"help": "Images of the training split (default: the JSON's folder)."})
+    validation_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the validation split."})
+    validation_image_dir: str | None = field(default=None, metadata={"help": "Images of the validation split."})
+    test_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the test split (--do_predict)."})
+    test_image_dir: str | None = field(default=None, metadata={"help": "Images of the test split."})
+    image_height: int = field(default=512, metadata={"help": "Training / inference height (multiple of 32)."})
+    image_width: int = field(default=512, metadata={"help": "Training / inference width (multiple of 32)."})
+    do_reduce_labels: bool = field(
+        default=False, metadata={"help": "HF format: semantic id 0 is background (ignored), the others shift by -1."}
+    )
+    train_val_split: float = field(
+        default=0.15, metadata={"help": "HF format without a validation split: fraction of train held out."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+    min_scale: float = field(default=0.5, metadata={"help": "Scale jitter: smallest random scale."})
+    max_scale: float = field(default=2.0, metadata={"help": "Scale jitter: largest random scale."})
+    color_jitter: float = field(default=0.2, metadata={"help": "Colour jitter strength (0 disables)."})
+    hflip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
+    synthetic_train_samples: int = field(default=1000, metadata={"help": "Offline default: training images."})
+    synthetic_eval_samples: int = field(default=100, metadata={"help": "Offline default: validation images."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Offline default: generator seed."})
+    synthetic_image_size: int = field(default=128, metadata={"help": "Offline default: image side in pixels."})
+    synthetic_size_probabilities: str = field(
+        default="0.1,0.5,0.4",
+        metadata={"help": "Offline default: probabilities of small, medium and large shapes (COCO's size buckets)."},
+    )
+    instance_threshold: float = field(
+        default=0.0, metadata={"help": "Score threshold of instance post-processing for mAP (0 keeps all queries)."}
+    )
+    panoptic_threshold: float = field(default=0.5, metadata={"help": "Score threshold of panoptic post-processing."})
+    num_overlay_images: int = field(default=4, metadata={"help": "Validation images drawn into predictions/."})
+    overlay_threshold: float = field(default=0.5, metadata={"help": "Instance score threshold of the overlays."})
+
+
+@dataclass
+class SegmentationTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the learning-rate split of the backbone and output-folder protection."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into a non-empty --output_dir that holds a different run (no checkpoint to resume)."},
+    )
+    backbone_lr_multiplier: float | None = field(
+        default=None,
+        metadata={
+            "help": "Backbone LR = learning_rate x this. Default: 0.1 (Mask2Former) with pretrained weights "
+            "(--model_name_or_path, --backbone_name_or_path), 1.0 for a random-init backbone."
+        },
+    )
+    layer_decay: float | None = field(
+        default=None, metadata={"help": "Layer-wise LR decay for ViT backbones (e.g. 0.8): block i of L gets decay^(L-i)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs every field of the dataset items."}
+    )
+
+
+def _given(argv: list[str], name: str) -> bool:
+    # HfArgumentParser accepts both --some_flag and --some-flag.
+    flags = {f"--{name}", f"--{name.replace('_', '-')}"}
+    return any(a.split("=", 1)[0] in flags for a in argv)
+
+
+def default_argv(argv: list[str]) -> list[str]:
+    """The command line with the defaults prepended: the offline-default settings when `argv` names neither data nor
+    model, and `--do_train --do_eval` when it names none of `--do_train/--do_eval/--do_predict`.
+    """
+    prefix = []
+    if not any(_given(argv, f) for f in DATA_FLAGS + MODEL_FLAGS):
+        prefix += OFFLINE_DEFAULT_ARGS
+    if not any(_given(argv, f) for f in ("do_train", "do_eval", "do_predict")):
+        prefix += ["--do_train", "--do_eval"]
+    return prefix + list(argv)
+
+
+def parse_args(argv: list[str] | None = None):
+    """`(model_args, data_args, training_args)` from the command line (`sys.argv[1:]` by default)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SegmentationTrainingArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=default_argv(argv))
+    if not _given(argv, "metric_for_best_model") and not _given(argv, "greater_is_better"):
+        # Best-model selection on the task's main metric rather than Trainer's default (the loss).
+        training_args.metric_for_best_model = MAIN_METRIC[data_args.task]
+        training_args.greater_is_better = True
+    return model_args, data_args, training_args
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Output folder
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(training_args) -> str | bool | None:
+    """The checkpoint to resume from, following Trainer's `overwrite_output_dir` convention.
+
+    An explicit `--resume_from_checkpoint` wins ("true"/"last": the last one in output_dir). Otherwise, when training
+    into an existing non-empty output_dir: resume from its last checkpoint if it has one; if it has none, it holds a
+    different run and a `ValueError` is raised unless `--overwrite_output_dir`.
+    """
+    resume = training_args.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last"):
+        return True
+    if resume:
+        return resume
+    output_dir = training_args.output_dir
+    if not training_args.do_train or not output_dir or not os.path.isdir(output_dir):
+        return None
+    if getattr(training_args, "overwrite_output_dir", False):
+        return None
+    last = get_last_checkpoint(output_dir)
+    if last is not None:
+        logger.info("Checkpoint detected, resuming training at %s. Pass --overwrite_output_dir to start afresh.", last)
+        return last
+    if os.listdir(output_dir):
+        raise ValueError(
+            f"Output directory ({output_dir}) already exists, is not empty and holds no checkpoint to resume: it "
+            f"contains a different run. Pass --overwrite_output_dir to overwrite it, or choose another --output_dir."
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataBundle:
+    """The splits of one dataset and its label map."""
+
+    label_map: LabelMap
+    train: Any = None
+    validation: Any = None
+    test: Any = None
+    description: str = ""
+
+
+def _first(source, count: int | None):
+    if source is None or count is None or count >= len(source):
+        return source
+    return torch.utils.data.Subset(source, range(count))
+
+
+def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, training_args) -> DataBundle:
+    """Sources and label map from the data arguments (HF dataset, COCO / Roboflow folders, or the offline default)."""
+    coco_given = data_args.data_dir or data_args.train_annotation_file or data_args.validation_annotation_file
+    if data_args.dataset_name and coco_given:
+        raise ValueError("Pass either --dataset_name or COCO files (--data_dir / --*_annotation_file), not both.")
+    if data_args.dataset_name:
+        bundle = _load_hf(data_args, model_args, training_args)
+    elif coco_given or data_args.test_annotation_file:
+        bundle = _load_coco(data_args, training_args)
+    else:
+        with_stuff = data_args.task != "instance"
+        probabilities = tuple(float(p) for p in data_args.synthetic_size_probabilities.split(","))
+        train, validation = (
+            SyntheticSegmentationSource(
+                split, count, data_args.synthetic_seed, data_args.synthetic_image_size, with_stuff,
+                size_probabilities=probabilities,
+            )
+            for split, count in (("train", data_args.synthetic_train_samples), ("valid", data_args.synthetic_eval_samples))
+        )  # fmt: skip
+        bundle = DataBundle(
+            label_map=train.label_map,
+            train=train,
+            validation=validation,
+            description=f"the package's synthetic shapes ({len(train)} training / {len(validation)} validation "
+            f"images of {data_args.synthetic_image_size} px, seed {data_args.synthetic_seed}, small / medium / large "
+            f"shape probabilities {data_args.synthetic_size_probabilities})",
+        )
+    bundle.train = _first(bundle.train, data_args.max_train_samples)
+    bundle.validation = _first(bundle.validation, data_args.max_eval_samples)
+    bundle.test = _first(bundle.test, data_args.max_eval_samples)
+    if training_args.do_train and bundle.train is None:
+        raise ValueError("--do_train needs training data (train/ in --data_dir, --train_annotation_file or a train split).")
+    if training_args.do_eval and bundle.validation is None:
+        raise ValueError("--do_eval needs validation data (valid/ in --data_dir, --validation_annotation_file or a split).")
+    return bundle
+
+
+def _load_coco(data_args: DataTrainingArguments, training_args) -> DataBundle:
+    splits = {}
+    for split, ann_attr, dir_attr in (
+        ("train", "train_annotation_file", "train_image_dir"),
+        ("validation", "validation_annotation_file", "validation_image_dir"),
+        ("test", "test_annotation_file", "test_image_dir"),
+    ):
+        annotation_file, image_dir = getattr(data_args, ann_attr), getattr(data_args, dir_attr)
+        if annotation_file is None and data_args.data_dir:
+            found = find_roboflow_split(data_args.data_dir, split)
+            if found:
+                annotation_file, default_dir = found
+                image_dir = image_dir or default_dir
+        if annotation_file is not None:
+            splits[split] = (annotation_file, image_dir)
+    if data_args.data_dir and not splits:
+        raise DataError(
+            f"{data_args.data_dir}: no COCO split found; expected Roboflow's layout train/_annotations.coco.json, "
+            f"valid/_annotations.coco.json (optional test/)."
+        )
+    if "validation" not in splits and "test" in splits and training_args.do_eval:
+        logger.warning("No validation split: evaluating on the test split %s.", splits["test"][0])
+        splits["validation"] = splits.pop("test")
+    label_map = None
+    sources = {}
+    # The training JSON defines the label map; the other splits must use the same category ids.
+    for split in ("train", "validation", "test"):
+        if split in splits:
+            sources[split] = CocoSegmentationSource(*splits[split], label_map=label_map)
+            label_map = sources[split].label_map
+    description = ", ".join(f"{split}: `{path}`" for split, (path, _) in splits.items())
+    return DataBundle(label_map=label_map, description=f"COCO-format data ({description})", **sources)
+
+
+def _load_hf(data_args: DataTrainingArguments, model_args: ModelArguments, training_args) -> DataBundle:
+    dataset = load_hf_dataset(data_args.dataset_name, token=model_args.token, trust_remote_code=model_args.trust_remote_code)
+    if "train" not in dataset:
+        raise DataError(f"{data_args.dataset_name}: no 'train' split (splits: {list(dataset)}).")
+    train = dataset["train"]
+    validation = next((dataset[s] for s in ("validation", "valid", "val") if s in dataset), None)
+    test = dataset["test"] if "test" in dataset else None
+    if validation is None and training_args.do_eval:
+        split = train.train_test_split(test_size=data_args.train_val_split, seed=training_args.seed)
+        train, validation = split["train"], split["test"]
+        logger.info("No validation split: held out %.0f%% of train.", 100 * data_args.train_val_split)
+    mapping = semantic_class_to_id_of(train, data_args.dataset_name)
+    things = thing_semantic_ids(train) if data_args.task == "panoptic" else None
+    label_map = label_map_from_semantic_class_to_id(mapping, data_args.do_reduce_labels, things)
+    name = data_args.dataset_name
+
+    def source(split, split_name):
+        if split is None:
+            return None
+        return HFSegmentationSource(split, label_map, data_args.do_reduce_labels, name=f"{name} [{split_name}]")
+
+    return DataBundle(
+        label_map=label_map,
+        train=source(train, "train"),
+        validation=source(validation, "validation"),
+        test=source(test, "test"),
+        description=f"the dataset `{name}`",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def offline_default_config(label_map: LabelMap, **overrides) -> Mask2FormerDINOv3Config:
+    """The small model of the offline default: a 4-stage DINOv3 ConvNeXt (widths 32-256) and a slim head."""
+    from transformers import DINOv3ConvNextConfig
+
+    kwargs = dict(
+        backbone_config=DINOv3ConvNextConfig(hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1]),
+        feature_size=64,
+        mask_feature_size=64,
+        hidden_dim=64,
+        encoder_feedforward_dim=256,
+        dim_feedforward=256,
+        encoder_layers=2,
+        decoder_layers=4,
+        num_attention_heads=4,
+        num_queries=20,
+        train_num_points=1024,
+        id2label=label_map.id2label,
+        label2id=label_map.label2id,
+    )
+    kwargs.update(overrides)
+    return Mask2FormerDINOv3Config(**kwargs)
+
+
+def parse_config_overrides(text: str | None) -> dict[str, Any]:
+    """`'a=1,b=0.5,c=true,d=[1,2]'` -> `{'a': 1, 'b': 0.5, 'c': True, 'd': [1, 2]}` (values parsed as JSON)."""
+    if not text:
+        return {}
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):  # split on commas outside brackets
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    words = {"True": True, "False": False, "None": None}
+    result = {}
+    for part in filter(str.strip, parts):
+        if "=" not in part:
+            raise ValueError(f"--config_overrides: expected key=value, got {part!r}.")
+        key, value = (x.strip() for x in part.split("=", 1))
+        try:
+            result[key] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key] = words.get(value, value)
+    return result
+
+
+def build_model(model_args: ModelArguments, data_args: DataTrainingArguments, label_map: LabelMap):
+    """`(model, image_processor, pretrained)`: the model with a head for `label_map`, the processor configured with
+    the training size, and whether weights were loaded (which sets the default backbone LR multiplier).
+    """
+    chosen = [f for f in MODEL_FLAGS if getattr(model_args, f)]
+    if len(chosen) > 1:
+        raise ValueError(f"Pass only one of --{' / --'.join(MODEL_FLAGS)}; got {', '.join(chosen)}.")
+    if model_args.head_name_or_path and not model_args.backbone_name_or_path:
+        raise ValueError("--head_name_or_path goes with --backbone_name_or_path.")
+    labels = {"id2label": label_map.id2label, "label2id": label_map.label2id}
+    overrides = parse_config_overrides(model_args.config_overrides)
+    processor_kwargs: dict[str, Any] = {}
+    cls = Mask2FormerDINOv3ForUniversalSegmentation
+    if model_args.model_name_or_path:
+        if overrides:
+            raise ValueError("--config_overrides applies to new models (--preset / default), not --model_name_or_path.")
+        model = cls.from_pretrained(
+            model_args.model_name_or_path,
+            ignore_mismatched_sizes=True,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+            num_labels=label_map.num_labels,
+            **labels,
+        )
+        processor_kwargs = _processor_normalisation(model_args.model_name_or_path, model_args)
+        pretrained = True
+    elif model_args.backbone_name_or_path:
+        if not hasattr(cls, "from_dinov3_pretrained"):
+            raise NotImplementedError(
+                "--backbone_name_or_path needs Mask2FormerDINOv3ForUniversalSegmentation.from_dinov3_pretrained, which "
+                "this version of mask2former_dinov3 does not have yet. Use --preset (random-init backbone) or "
+                "--model_name_or_path."
+            )
+        hub_kwargs = {k: v for k, v in (("token", model_args.token), ("cache_dir", model_args.cache_dir)) if v}
+        model = cls.from_dinov3_pretrained(
+            model_args.backbone_name_or_path,
+            head=model_args.head_name_or_path,
+            hub_kwargs=hub_kwargs,
+            num_labels=label_map.num_labels,
+            **labels,
+            **overrides,
+        )
+        processor_kwargs = _preset_normalisation(model_args.backbone_name_or_path)
+        pretrained = True
+    elif model_args.preset:
+        config = Mask2FormerDINOv3Config.from_preset(model_args.preset, **labels, **overrides)
+        model = cls(config)
+        processor_kwargs = _preset_normalisation(model_args.preset)
+        pretrained = False
+    else:
+        model = cls(offline_default_config(label_map, **overrides))
+        pretrained = False
+    if model_args.freeze_backbone:
+        set_backbone_frozen(model, True)
+    image_processor = Mask2FormerDINOv3ImageProcessor(
+        size={"height": data_args.image_height, "width": data_args.image_width},
+        do_reduce_labels=data_args.do_reduce_labels,
+        ignore_index=IGNORE_INDEX,
+        **processor_kwargs,
+    )
+    return model, image_processor, pretrained
+
+
+def _preset_normalisation(name: str) -> dict[str, Any]:
+    from .pretrained import get_preset
+
+    try:
+        preset = get_preset(name)
+    except ValueError:
+        return {}
+    return {"image_mean": list(preset.image_mean), "image_std": list(preset.image_std)}
+
+
+def _processor_normalisation(path: str, model_args: ModelArguments) -> dict[str, Any]:
+    # Keep the normalisation the checkpoint was trained with, whatever processor class it saved.
+    try:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(path, cache_dir=model_args.cache_dir, token=model_args.token)
+    except Exception:  # no processor saved with the checkpoint: DINOv3's defaults
+        return {}
+    return {"image_mean": list(processor.image_mean), "image_std": list(processor.image_std)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Run
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _setup_logging(training_args) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    level = training_args.get_process_log_level()
+    logger.setLevel(level)
+    logging.getLogger("mask2former_dinov3").setLevel(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def training_settings(trainer, data_args, model_args, bundle, pretrained_note: str) -> dict[str, Any]:
+    """The settings shown in the model card."""
+    args = trainer.args
+    world = args.world_size
+    settings = {
+        "task": data_args.task,
+        "model": pretrained_note,
+        "image size (h x w)": f"{data_args.image_height} x {data_args.image_width}",
+        "training images": len(bundle.train) if bundle.train is not None else 0,
+        "validation images": len(bundle.validation) if bundle.validation is not None else 0,
+        "steps": trainer.state.global_step,
+        "epochs": round(float(trainer.state.epoch or 0), 2),
+        "batch size (global)": args.per_device_train_batch_size * world * args.gradient_accumulation_steps,
+        "processes": world,
+        "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
+        "learning rate": args.learning_rate,
+        "backbone LR multiplier": trainer.backbone_lr_multiplier,
+        "layer-wise LR decay": trainer.layer_decay if trainer.layer_decay is not None else "none",
+        "weight decay": args.weight_decay,
+        "scheduler": str(args.lr_scheduler_type.value if hasattr(args.lr_scheduler_type, "value") else args.lr_scheduler_type),
+        "warmup steps": args.warmup_steps,
+        "gradient clipping (max norm)": args.max_grad_norm,
+        "mixed precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no",
+        "gradient checkpointing": bool(getattr(args, "gradient_checkpointing", False)),
+        "frozen backbone": model_args.freeze_backbone,
+        "augmentation": (
+            f"resize to {data_args.image_height}x{data_args.image_width}, scale jitter {data_args.min_scale}-"
+            f"{data_args.max_scale} (pad / random crop), "
+            + ("horizontal flip, " if data_args.hflip else "")
+            + (f"colour jitter {data_args.color_jitter}" if data_args.color_jitter > 0 else "no colour jitter")
+        ),
+        "seed": args.seed,
+        "transformers / torch": f"{transformers.__version__} / {torch.__version__}",
+    }
+    if trainer.state.log_history:
+        runtime = [h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h]
+        if runtime:
+            settings["training time (s)"] = round(runtime[-1], 1)
+    return settings
+
+
+def _barrier(training_args) -> None:
+    _ = training_args.device  # sets up the distributed state
+    if training_args.distributed_state is not None:
+        training_args.distributed_state.wait_for_everyone()
+
+
+def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, float]:
+    """Train and/or evaluate as the arguments say; returns the evaluation metrics (empty without --do_eval)."""
+    _setup_logging(training_args)
+    check_image_size(data_args.image_height, data_args.image_width)
+    # Every process inspects the output folder before any process writes to it.
+    checkpoint = resolve_checkpoint(training_args)
+    _barrier(training_args)
+    set_seed(training_args.seed)
+
+    bundle = load_data(data_args, model_args, training_args)
+    label_map = bundle.label_map
+    logger.info("Labels (%d): %s", label_map.num_labels, label_map.id2label)
+    model, image_processor, pretrained = build_model(model_args, data_args, label_map)
+    backbone_lr_multiplier = training_args.backbone_lr_multiplier
+    if backbone_lr_multiplier is None:
+        backbone_lr_multiplier = 0.1 if pretrained else 1.0
+
+    normalisation = dict(
+        image_mean=image_processor.image_mean, image_std=image_processor.image_std, rescale_factor=image_processor.rescale_factor
+    )
+    train_dataset = eval_dataset = None
+    if bundle.train is not None:
+        train_transform = build_transforms(
+            data_args.image_height, data_args.image_width, train=True, min_scale=data_args.min_scale,
+            max_scale=data_args.max_scale, color_jitter=data_args.color_jitter, hflip=data_args.hflip,
+            seed=training_args.seed + training_args.process_index,
+        )  # fmt: skip
+        train_dataset = SegmentationDataset(
+            bundle.train, data_args.task, train_transform, seed=training_args.seed + training_args.process_index,
+            **normalisation,
+        )
+    eval_transform = build_transforms(data_args.image_height, data_args.image_width, train=False)
+    if bundle.validation is not None:
+        eval_dataset = SegmentationDataset(bundle.validation, data_args.task, eval_transform, with_targets=True, **normalisation)
+
+    trainer = Mask2FormerTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=SegmentationCollator(),
+        processing_class=image_processor,
+        task=data_args.task,
+        label_map=label_map,
+        image_processor=image_processor,
+        backbone_lr_multiplier=backbone_lr_multiplier,
+        layer_decay=training_args.layer_decay,
+        instance_threshold=data_args.instance_threshold,
+        panoptic_threshold=data_args.panoptic_threshold,
+    )
+
+    output_dir = training_args.output_dir
+    if training_args.do_train:
+        start = time.time()
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        train_metrics = dict(train_result.metrics)
+        train_metrics["train_samples"] = len(train_dataset)
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        logger.info("Training took %.1f s", time.time() - start)
+
+    metrics: dict[str, float] = {}
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        if trainer.is_world_process_zero():
+            os.makedirs(output_dir, exist_ok=True)
+            save_json(os.path.join(output_dir, "eval_results.json"), metrics)
+            save_json(os.path.join(output_dir, "all_results.json"), metrics, merge=True)
+    if training_args.do_predict and bundle.test is not None:
+        test_dataset = SegmentationDataset(bundle.test, data_args.task, eval_transform, with_targets=True, **normalisation)
+        test_metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
+        trainer.log_metrics("test", test_metrics)
+        if trainer.is_world_process_zero():
+            save_json(os.path.join(output_dir, "test_results.json"), test_metrics)
+            save_json(os.path.join(output_dir, "all_results.json"), test_metrics, merge=True)
+
+    if trainer.is_world_process_zero():
+        os.makedirs(output_dir, exist_ok=True)
+        save_json(
+            os.path.join(output_dir, "label_map.json"),
+            {"id2label": label_map.id2label, "thing_ids": sorted(label_map.thing_ids), "stuff_ids": label_map.stuff_ids},
+        )
+        if bundle.validation is not None and data_args.num_overlay_images > 0:
+            overlay_dir = os.path.join(output_dir, "predictions")
+            shutil.rmtree(overlay_dir, ignore_errors=True)  # never mix overlays of two runs
+            paths = save_prediction_overlays(
+                trainer.accelerator.unwrap_model(trainer.model), image_processor, bundle.validation, data_args.task,
+                label_map, overlay_dir, num_images=data_args.num_overlay_images, threshold=data_args.overlay_threshold,
+            )  # fmt: skip
+            logger.info("Wrote %d prediction overlays to %s", len(paths), overlay_dir)
+        if training_args.do_train:
+            if model_args.model_name_or_path:
+                note = f"fine-tuned from `{model_args.model_name_or_path}`"
+            elif model_args.backbone_name_or_path:
+                note = f"pretrained backbone `{model_args.backbone_name_or_path}`"
+            elif model_args.preset:
+                note = f"preset `{model_args.preset}` (random init)"
+            else:
+                note = "offline-default small ConvNeXt model (random init)"
+            settings = training_settings(trainer, data_args, model_args, bundle, note)
+            settings["thing_ids"] = sorted(label_map.thing_ids)
+            write_model_card(
+                output_dir,
+                trainer.accelerator.unwrap_model(trainer.model).config,
+                data_args.task,
+                metrics,
+                settings,
+                bundle.description,
+                base_model=model_args.model_name_or_path or model_args.backbone_name_or_path,
+            )
+    _barrier(training_args)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Parse the command line and run (the entry point of `run_instance_seg.py`)."""
+    return run(*parse_args(argv))
+
+
+__all__ = [
+    "DataTrainingArguments",
+    "ModelArguments",
+    "OFFLINE_DEFAULT_ARGS",
+    "SegmentationTrainingArguments",
+    "build_model",
+    "default_argv",
+    "load_data",
+    "main",
+    "offline_default_config",
+    "parse_args",
+    "parse_config_overrides",
+    "resolve_checkpoint",
+    "run",
+]

@@ -1,0 +1,820 @@
+"""Evaluation metrics for instance, semantic and panoptic segmentation, mergeable across processes.
+
+Three accumulators share one pattern:
+
+    evaluator = InstanceSegmentationEvaluator(class_names=["cat", "dog"])
+    for batch in loader:
+        ...
+        evaluator.update(ground_truths, predictions, image_ids=batch_image_ids)
+    metrics = evaluator.compute()        # gathers every rank's images first when torch.distributed is initialised
+
+* `InstanceSegmentationEvaluator`: COCO mask AP computed by pycocotools (`COCOeval`, `iouType="segm"`).
+* `SemanticSegmentationEvaluator`: mIoU, per-class IoU and pixel accuracy from a confusion matrix.
+* `PanopticQualityEvaluator`: PQ / SQ / RQ (overall, things, stuff, per class) with the COCO panoptic rules.
+
+Every evaluator keeps one record per image, keyed by an image id. `state()` returns those records as a picklable
+dict, `merge(states)` adds other evaluators' records, and `compute()` all-gathers the states of every rank (with
+`torch.distributed.all_gather_object`) before computing, so that N shards give the same result as one process.
+
+Image ids and counting each image once: pass `image_ids` (e.g. dataset indices or COCO image ids) to `update`.
+`DistributedSampler` pads the last round by giving some images to two ranks; an image id seen in several merged
+states is counted once (the copy from the first state merged, i.e. the lowest rank). Without `image_ids` the
+evaluator numbers images itself as `(shard_id, counter)`, where `shard_id` defaults to the process's rank: ids never
+collide across ranks, but padded duplicates cannot be recognised, and two in-process evaluators must be given
+different `shard_id`s before their states are merged (a collision raises).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+
+__all__ = [
+    "InstanceSegmentationEvaluator",
+    "PanopticQualityEvaluator",
+    "SemanticSegmentationEvaluator",
+    "gather_states",
+    "instance_prediction_from_post_processed",
+]
+
+_NAN = float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Shared machinery: image keys, state merging, all-gather
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _distributed_world() -> tuple[int, int]:
+    """(rank, world size) of the default torch.distributed group, (0, 1) when it is not initialised."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # torch is a dependency of the package, but the metrics themselves do not need it
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_states(state: dict) -> list[dict]:
+    """Every rank's `state` in rank order (`all_gather_object`), or `[state]` without torch.distributed.
+
+    A collective call: when torch.distributed is initialised, every rank must call it.
+    """
+    _, world_size = _distributed_world()
+    if world_size == 1:
+        return [state]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):  # torch.Tensor, without importing torch
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _normalise_image_id(image_id: Any) -> int | str:
+    if hasattr(image_id, "item") and not isinstance(image_id, (str, bytes)):
+        image_id = image_id.item()
+    if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
+        raise ValueError(
+            f"image ids must be ints or strings (e.g. dataset indices or COCO image ids); got {image_id!r} of type "
+            f"{type(image_id).__name__}."
+        )
+    return image_id
+
+
+def _sort_key(key: Hashable) -> tuple:
+    # A canonical order that does not depend on how images were split into shards: pycocotools breaks score ties by
+    # image order, and float sums depend on summation order.
+    if isinstance(key, tuple):  # automatic id: ("auto", shard_id, counter)
+        return (2, key[1], "", key[2])
+    if isinstance(key, int):
+        return (0, key, "", 0)
+    return (1, 0, key, 0)
+
+
+class _ImageRecordAccumulator:
+    """Per-image records keyed by image id, with picklable state, merging and distributed gathering."""
+
+    _kind = "base"
+
+    def __init__(self, shard_id: int | None = None):
+        self._shard_id = shard_id
+        self._records: dict[Hashable, Any] = {}
+        self._auto_counter = 0
+
+    # -- subclass interface
+    def _config(self) -> dict:
+        raise NotImplementedError
+
+    def _compute_from_records(self, records: list[Any]) -> dict:
+        raise NotImplementedError
+
+    # -- public API
+    @property
+    def num_images(self) -> int:
+        """Number of images added to this evaluator (locally, before any gathering)."""
+        return len(self._records)
+
+    def reset(self) -> None:
+        """Forget every image added so far."""
+        self._records = {}
+        self._auto_counter = 0
+
+    def state(self) -> dict:
+        """This evaluator's configuration and per-image records as a picklable dict (for `merge` / all-gather)."""
+        return {"kind": self._kind, "config": self._config(), "records": dict(self._records)}
+
+    def merge(self, states: dict | Iterable[dict]) -> None:
+        """Add the images of other evaluators' `state()`s to this one.
+
+        An image id already present is skipped (images that `DistributedSampler` padding gave to two ranks count
+        once). Automatic ids from the same shard are different images, so such a collision raises a `ValueError`.
+        """
+        if isinstance(states, Mapping):
+            states = [states]
+        for state in states:
+            if not isinstance(state, Mapping) or "records" not in state:
+                raise ValueError("merge() takes the dicts returned by state(), or a list of them.")
+            if state.get("kind") != self._kind:
+                raise ValueError(f"Cannot merge a {state.get('kind')!r} evaluator's state into a {self._kind!r} one.")
+            if state["config"] != self._config():
+                raise ValueError(
+                    f"Cannot merge states of differently configured evaluators: {state['config']} vs "
+                    f"{self._config()}. Build every shard's evaluator with the same arguments."
+                )
+            for key, record in state["records"].items():
+                if key not in self._records:
+                    self._records[key] = record
+                elif isinstance(key, tuple):
+                    raise ValueError(
+                        f"Two merged states both hold the automatically numbered image {key[2]} of shard {key[1]}. "
+                        f"Give each in-process shard its own `shard_id=` when constructing the evaluator, or pass "
+                        f"`image_ids=` to update()."
+                    )
+
+    def compute(self, sync: bool = True) -> dict:
+        """The metrics over every image added; with `sync` (default) over every rank's images.
+
+        With torch.distributed initialised and `sync=True` this is a collective call (all ranks must call it) and
+        every rank gets the same result. The local records are left untouched, so `compute` may be called again.
+        """
+        states = gather_states(self.state()) if sync else [self.state()]
+        merged = self._empty_like()
+        merged.merge(states)
+        if not merged._records:
+            raise ValueError(f"{type(self).__name__}.compute() was called before any image was added with update().")
+        keys = sorted(merged._records, key=_sort_key)
+        result = self._compute_from_records([merged._records[k] for k in keys])
+        result["num_images"] = len(keys)
+        return result
+
+    # -- helpers
+    def _empty_like(self) -> "_ImageRecordAccumulator":
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._records = {}
+        clone._auto_counter = 0
+        return clone
+
+    def _keys_for(self, count: int, image_ids: Sequence | None) -> list[Hashable]:
+        if image_ids is None:
+            if self._shard_id is None:
+                # Resolved at first use: the evaluator may be built before init_process_group.
+                self._shard_id = _distributed_world()[0]
+            keys = [("auto", self._shard_id, self._auto_counter + i) for i in range(count)]
+            self._auto_counter += count
+            return keys
+        image_ids = list(image_ids)
+        if len(image_ids) != count:
+            raise ValueError(f"Got {len(image_ids)} image_ids for {count} images; pass one id per image.")
+        keys = [_normalise_image_id(i) for i in image_ids]
+        seen = set()
+        for key in keys:
+            if key in self._records or key in seen:
+                raise ValueError(
+                    f"Image id {key!r} was already added to this evaluator. Each image must be added once; use "
+                    f"unique ids (e.g. dataset indices)."
+                )
+            seen.add(key)
+        return keys
+
+
+def _as_list(items: Any, what: str) -> list:
+    if isinstance(items, Mapping):
+        return [items]
+    if isinstance(items, (list, tuple)):
+        return list(items)
+    raise ValueError(f"{what} must be a dict (one image) or a list of dicts (one per image); got {type(items).__name__}.")
+
+
+def _class_names(class_names: Mapping[int, str] | Sequence[str] | None) -> dict[int, str] | None:
+    if class_names is None:
+        return None
+    if isinstance(class_names, Mapping):
+        return {int(k): str(v) for k, v in class_names.items()}
+    return {i: str(name) for i, name in enumerate(class_names)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Instance segmentation: COCO mask AP with pycocotools
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _binary_masks(masks: Any, what: str) -> np.ndarray:
+    array = _to_numpy(masks)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise ValueError(f"{what} must be binary masks of shape (num_instances, height, width); got shape {array.shape}.")
+    if array.dtype == bool:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return array > 0.5  # 0/1 float maps (e.g. return_binary_maps=True) or probabilities
+    return array != 0
+
+
+def _encode_masks(masks: Any, size: tuple[int, int] | None, what: str) -> tuple[list[dict], tuple[int, int] | None]:
+    """Compressed RLEs (pycocotools) of masks given as an array, a list of 2-D arrays, RLEs or polygons."""
+    if isinstance(masks, (list, tuple)):
+        if len(masks) == 0:
+            return [], size
+        if all(isinstance(m, Mapping) or (isinstance(m, list) and (not m or isinstance(m[0], (list, tuple)))) for m in masks):
+            return _encode_coco_segmentations(masks, size, what)
+        masks = np.stack([_to_numpy(m) for m in masks]) if len(masks) else masks
+    array = _binary_masks(masks, what)
+    mask_size = (int(array.shape[1]), int(array.shape[2]))
+    if size is not None and tuple(size) != mask_size:
+        raise ValueError(f"{what} have size {mask_size} but the image size was given as {tuple(size)}.")
+    if array.shape[0] == 0:
+        return [], mask_size
+    rles = mask_utils.encode(np.asfortranarray(array.transpose(1, 2, 0).astype(np.uint8)))
+    return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"]} for rle in rles], mask_size
+
+
+def _encode_coco_segmentations(segmentations, size, what) -> tuple[list[dict], tuple[int, int]]:
+    rles = []
+    for segmentation in segmentations:
+        if isinstance(segmentation, Mapping):
+            rle_size = tuple(int(s) for s in segmentation["size"])
+            if isinstance(segmentation["counts"], list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(dict(segmentation), *rle_size)
+            else:
+                counts = segmentation["counts"]
+                rle = {"size": list(rle_size), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        else:  # polygons: a list of flat [x0, y0, x1, y1, ...] lists
+            if size is None:
+                raise ValueError(f"{what} include polygons; pass the image `size` (height, width) to rasterise them.")
+            rle = mask_utils.merge(mask_utils.frPyObjects([list(map(float, p)) for p in segmentation], *size))
+            rle_size = tuple(int(s) for s in rle["size"])
+        if size is None:
+            size = rle_size
+        elif tuple(size) != rle_size:
+            raise ValueError(f"{what}: an RLE of size {rle_size} does not match the image size {tuple(size)}.")
+        rles.append({"size": [int(s) for s in rle["size"]], "counts": rle["counts"]})
+    return rles, tuple(size)
+
+
+def _labels(values: Any, count: int, what: str, dtype=np.int64) -> np.ndarray:
+    array = _to_numpy(values).reshape(-1) if values is not None else np.zeros(0)
+    if array.shape[0] != count:
+        raise ValueError(f"{what} has {array.shape[0]} entries for {count} masks; give one per mask.")
+    return array.astype(dtype)
+
+
+def instance_prediction_from_post_processed(result: Mapping, image_size: tuple[int, int] | None = None) -> dict:
+    """Turn one result of `post_process_instance_segmentation` into the evaluator's prediction format.
+
+    Args:
+        result: `{"segmentation": ..., "segments_info": [{"id", "label_id", "score"}, ...]}` where `segmentation` is
+            `(N, H, W)` binary maps in `segments_info` order (`return_binary_maps=True`, recommended: instances may
+            overlap), or an `(H, W)` map of segment ids (the default output; -1 where no instance), or `None`.
+        image_size: (height, width), only needed when `segmentation` is `None`.
+
+    Returns:
+        `{"masks": bool (N, H, W), "labels": int64 (N,), "scores": float64 (N,)}`.
+    """
+    if not isinstance(result, Mapping) or "segments_info" not in result:
+        raise ValueError("Expected one post-processed result: a dict with 'segmentation' and 'segments_info'.")
+    segments = list(result["segments_info"])
+    segmentation = result.get("segmentation")
+    labels = np.array([s["label_id"] for s in segments], dtype=np.int64)
+    scores = np.array([s["score"] for s in segments], dtype=np.float64)
+    if segmentation is None:
+        if segments:
+            raise ValueError("segments_info lists segments but segmentation is None.")
+        if image_size is None:
+            raise ValueError("segmentation is None: pass image_size=(height, width) for this image.")
+        return {"masks": np.zeros((0, *image_size), dtype=bool), "labels": labels, "scores": scores}
+    if isinstance(segmentation, (list, tuple)):
+        raise ValueError(
+            "This result holds transformers' own run-length encoding (return_coco_annotation=True), which is not COCO "
+            "RLE. Post-process with return_binary_maps=True instead."
+        )
+    segmentation = _to_numpy(segmentation)
+    if segmentation.ndim == 3:
+        if segmentation.shape[0] != len(segments):
+            raise ValueError(
+                f"segmentation holds {segmentation.shape[0]} binary maps but segments_info {len(segments)} segments."
+            )
+        masks = _binary_masks(segmentation, "segmentation")
+    elif segmentation.ndim == 2:
+        masks = np.stack([segmentation == s["id"] for s in segments]) if segments else np.zeros(
+            (0, *segmentation.shape), dtype=bool
+        )
+    else:
+        raise ValueError(f"segmentation must be (N, H, W) binary maps or an (H, W) id map; got shape {segmentation.shape}.")
+    if image_size is not None and tuple(masks.shape[1:]) != tuple(image_size):
+        raise ValueError(
+            f"Predicted masks are {tuple(masks.shape[1:])} but the image is {tuple(image_size)}: pass "
+            f"target_sizes=[(height, width), ...] to post_process_instance_segmentation."
+        )
+    return {"masks": masks, "labels": labels, "scores": scores}
+
+
+class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
+    """COCO mask AP (pycocotools `COCOeval`, `iouType="segm"`), accumulated image by image.
+
+    Ground truth, one dict per image:
+        `masks`: binary masks `(N, H, W)` (numpy/torch, bool or 0/1; floats are thresholded at 0.5), a list of
+        `(H, W)` masks, or a list of COCO segmentations (RLE dicts, compressed or not, or polygon lists);
+        `labels`: `(N,)` class ids; `iscrowd`: optional `(N,)` 0/1 (crowd regions are ignored as in COCO);
+        `size`: optional `(H, W)`, needed only for polygons or when there is no mask at all.
+    Predictions, one dict per image: `masks` (as above), `labels` `(N,)`, `scores` `(N,)` —
+    `instance_prediction_from_post_processed` builds it from `post_process_instance_segmentation`'s output.
+    Ground truth and predictions of one image must have the same size (post-process with `target_sizes`).
+
+    Args:
+        class_names: names of the class ids (a list, index = id, or a dict id -> name). When given, they fix the
+            category set and `map_per_class` is keyed by name; other labels raise. Otherwise the categories are the
+            labels seen in ground truth or predictions, and `map_per_class` is keyed by id.
+        max_detections: detections per image kept by COCOeval (its largest `maxDets`; COCO uses 100).
+        shard_id: prefix of automatic image ids (defaults to the torch.distributed rank); see the module docstring.
+
+    `compute()` returns `map` (AP@[.5:.95]), `map_50`, `map_75`, `map_small`, `map_medium`, `map_large` (COCO's
+    absolute area ranges: < 32², 32²-96², > 96² pixels), `mar_100` (AR at `max_detections`), `map_per_class`
+    and `num_images`. A value COCO reports as -1 (no ground truth in that class / area range) is NaN; classes
+    without any ground truth are NaN in `map_per_class` and, as in COCO, do not enter `map`.
+    """
+
+    _kind = "instance"
+
+    def __init__(
+        self,
+        class_names: Mapping[int, str] | Sequence[str] | None = None,
+        max_detections: int = 100,
+        shard_id: int | None = None,
+    ):
+        super().__init__(shard_id=shard_id)
+        self.class_names = _class_names(class_names)
+        if max_detections < 1:
+            raise ValueError(f"max_detections must be at least 1, got {max_detections}.")
+        self.max_detections = int(max_detections)
+
+    def _config(self) -> dict:
+        return {"class_names": self.class_names, "max_detections": self.max_detections}
+
+    def update(self, ground_truths: Mapping | Sequence[Mapping], predictions: Mapping | Sequence[Mapping],
+               image_ids: Sequence[int | str] | None = None) -> None:
+        """Add images: one ground-truth dict and one prediction dict per image (or a single dict each)."""
+        ground_truths = _as_list(ground_truths, "ground_truths")
+        predictions = _as_list(predictions, "predictions")
+        if len(ground_truths) != len(predictions):
+            raise ValueError(f"Got {len(ground_truths)} ground truths but {len(predictions)} predictions.")
+        records = [self._record(gt, pred, i) for i, (gt, pred) in enumerate(zip(ground_truths, predictions))]
+        for key, record in zip(self._keys_for(len(records), image_ids), records):
+            self._records[key] = record
+
+    def _record(self, gt: Mapping, pred: Mapping, index: int) -> dict:
+        for what, item, required in (("ground truth", gt, ("masks", "labels")), ("prediction", pred, ("masks", "labels", "scores"))):
+            if not isinstance(item, Mapping):
+                raise ValueError(f"Each {what} must be a dict; got {type(item).__name__}.")
+            missing = [k for k in required if k not in item]
+            if missing:
+                raise ValueError(
+                    f"{what} of image {index} lacks {missing}; expected keys {list(required)}"
+                    + (" (+ optional 'iscrowd', 'size')." if what == "ground truth" else
+                       " (use instance_prediction_from_post_processed on post-processed outputs).")
+                )
+        size = tuple(int(s) for s in gt["size"]) if gt.get("size") is not None else None
+        gt_rles, gt_size = _encode_masks(gt["masks"], size, f"ground-truth masks of image {index}")
+        try:
+            pred_rles, pred_size = _encode_masks(pred["masks"], gt_size, f"predicted masks of image {index}")
+        except ValueError as error:
+            raise ValueError(
+                f"{error} Predictions must be at the ground truth's resolution: pass target_sizes=[(height, width), "
+                f"...] to post_process_instance_segmentation."
+            ) from None
+        gt_labels = _labels(gt["labels"], len(gt_rles), f"ground-truth labels of image {index}")
+        iscrowd = _labels(gt.get("iscrowd", np.zeros(len(gt_rles))), len(gt_rles), f"iscrowd of image {index}")
+        pred_labels = _labels(pred["labels"], len(pred_rles), f"predicted labels of image {index}")
+        scores = _labels(pred["scores"], len(pred_rles), f"scores of image {index}", dtype=np.float64)
+        if self.class_names is not None:
+            unknown = sorted(set(gt_labels.tolist() + pred_labels.tolist()) - set(self.class_names))
+            if unknown:
+                raise ValueError(f"Labels {unknown} of image {index} are not in class_names ({sorted(self.class_names)}).")
+        return {
+            "size": gt_size or pred_size or (0, 0),
+            "gt": [(rle, int(lab), int(c)) for rle, lab, c in zip(gt_rles, gt_labels, iscrowd)],
+            "pred": [(rle, int(lab), float(s)) for rle, lab, s in zip(pred_rles, pred_labels, scores)],
+        }
+
+    def _compute_from_records(self, records: list[dict]) -> dict:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        if self.class_names is not None:
+            category_ids = sorted(self.class_names)
+        else:
+            category_ids = sorted({lab for r in records for _, lab, _ in r["gt"] + r["pred"]})
+        images, gt_annotations, dt_annotations = [], [], []
+        for image_id, record in enumerate(records, start=1):
+            height, width = record["size"]
+            images.append({"id": image_id, "height": height, "width": width})
+            # Annotation ids start at 1: COCOeval stores matched ids in arrays where 0 means "unmatched".
+            for rle, label, iscrowd in record["gt"]:
+                gt_annotations.append({
+                    "id": len(gt_annotations) + 1, "image_id": image_id, "category_id": label,
+                    "segmentation": dict(rle), "area": float(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": iscrowd,
+                })
+            for rle, label, score in record["pred"]:
+                dt_annotations.append({
+                    "id": len(dt_annotations) + 1, "image_id": image_id, "category_id": label,
+                    "segmentation": dict(rle), "area": float(mask_utils.area(rle)),
+                    "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0, "score": score,
+                })
+        categories = [{"id": c, "name": str(c)} for c in category_ids]
+        result = {"map_per_class": {}}
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco_gt, coco_dt = COCO(), COCO()
+            coco_gt.dataset = {"images": images, "annotations": gt_annotations, "categories": categories}
+            # Built directly rather than with loadRes, which fails on an empty detection list.
+            coco_dt.dataset = {"images": images, "annotations": dt_annotations, "categories": categories}
+            coco_gt.createIndex()
+            coco_dt.createIndex()
+            evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
+            evaluator.params.maxDets = [1, 10, self.max_detections]
+            if category_ids:
+                evaluator.evaluate()
+                evaluator.accumulate()
+                evaluator.summarize()
+        if not category_ids:  # neither ground truth nor predictions: nothing is defined
+            stats = [-1.0] * 12
+        else:
+            stats = [float(s) for s in evaluator.stats]
+        names = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
+        for name, value in zip(names, stats[:6]):
+            result[name] = _NAN if value < 0 else value
+        result["mar_100"] = _NAN if stats[8] < 0 else stats[8]
+        for k, category_id in enumerate(category_ids):
+            # precision[T, R, K, A, M]: all IoU thresholds and recall points, area "all", largest maxDets.
+            precision = evaluator.eval["precision"][:, :, k, 0, -1]
+            valid = precision[precision > -1]
+            key = self.class_names[category_id] if self.class_names is not None else category_id
+            result["map_per_class"][key] = float(valid.mean()) if valid.size else _NAN
+        if self.class_names is not None:
+            for category_id, name in self.class_names.items():
+                result["map_per_class"].setdefault(name, _NAN)
+        return {k: result[k] for k in (*names, "mar_100", "map_per_class")}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Semantic segmentation: confusion matrix
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
+    """Mean IoU, per-class IoU and pixel accuracy from an accumulated confusion matrix.
+
+    `update(ground_truths, predictions, image_ids=None)` takes per image an `(H, W)` map of class ids (numpy or
+    torch; a list of maps, or a `(B, H, W)` batch). Ground-truth pixels equal to `ignore_index` are left out.
+
+    Args:
+        num_classes: class ids are 0 .. num_classes - 1.
+        ignore_index: ground-truth value of pixels that are not evaluated (default 255; `None` for none).
+        class_names: optional names (list, index = id, or dict id -> name) keying `per_class_iou`.
+        shard_id: prefix of automatic image ids; see the module docstring.
+
+    `compute()` returns `mean_iou` (mean over classes present in ground truth or prediction; a class absent from
+    both has NaN IoU and is left out), `per_class_iou`, `pixel_accuracy`, `mean_accuracy` (mean per-class recall
+    over classes present in ground truth) and `num_images`.
+    """
+
+    _kind = "semantic"
+
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = 255,
+        class_names: Mapping[int, str] | Sequence[str] | None = None,
+        shard_id: int | None = None,
+    ):
+        super().__init__(shard_id=shard_id)
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
+        self.num_classes = int(num_classes)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        if self.ignore_index is not None and 0 <= self.ignore_index < self.num_classes:
+            raise ValueError(
+                f"ignore_index={ignore_index} is also a class id (num_classes={num_classes}); use a value outside "
+                f"0..{num_classes - 1} (e.g. 255)."
+            )
+        self.class_names = _class_names(class_names)
+
+    def _config(self) -> dict:
+        return {"num_classes": self.num_classes, "ignore_index": self.ignore_index, "class_names": self.class_names}
+
+    def update(self, ground_truths: Any, predictions: Any, image_ids: Sequence[int | str] | None = None) -> None:
+        """Add images: ground-truth and predicted class-id maps, `(H, W)` each (or lists / `(B, H, W)` batches)."""
+        gt_maps, pred_maps = self._maps(ground_truths, "ground_truths"), self._maps(predictions, "predictions")
+        if len(gt_maps) != len(pred_maps):
+            raise ValueError(f"Got {len(gt_maps)} ground-truth maps but {len(pred_maps)} predicted maps.")
+        records = [self._record(gt, pred, i) for i, (gt, pred) in enumerate(zip(gt_maps, pred_maps))]
+        for key, record in zip(self._keys_for(len(records), image_ids), records):
+            self._records[key] = record
+
+    @staticmethod
+    def _maps(maps: Any, what: str) -> list[np.ndarray]:
+        if isinstance(maps, (list, tuple)):
+            arrays = [_to_numpy(m) for m in maps]
+        else:
+            array = _to_numpy(maps)
+            arrays = [array] if array.ndim == 2 else list(array) if array.ndim == 3 else None
+            if arrays is None:
+                raise ValueError(f"{what} must be an (H, W) map, a (B, H, W) batch or a list of maps; got {array.shape}.")
+        for array in arrays:
+            if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+                raise ValueError(f"{what}: each map must be an (H, W) integer array of class ids; got {array.dtype} {array.shape}.")
+        return arrays
+
+    def _record(self, gt: np.ndarray, pred: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if gt.shape != pred.shape:
+            raise ValueError(
+                f"Image {index}: ground truth is {gt.shape} but prediction is {pred.shape}; post-process with "
+                f"target_sizes=[(height, width)] so they match."
+            )
+        gt, pred = gt.astype(np.int64).ravel(), pred.astype(np.int64).ravel()
+        valid = np.ones(gt.shape, dtype=bool) if self.ignore_index is None else gt != self.ignore_index
+        gt, pred = gt[valid], pred[valid]
+        for what, values in (("ground truth", gt), ("prediction", pred)):
+            if values.size and (values.min() < 0 or values.max() >= self.num_classes):
+                bad = np.unique(values[(values < 0) | (values >= self.num_classes)])[:10].tolist()
+                raise ValueError(
+                    f"Image {index}: {what} holds class ids {bad} outside 0..{self.num_classes - 1} (ignore_index="
+                    f"{self.ignore_index}). Fix num_classes / ignore_index, or remap the labels."
+                )
+        # Sparse per-image counts: merging stays exact, and a duplicate image can be dropped after the fact.
+        counts = np.bincount(gt * self.num_classes + pred, minlength=self.num_classes**2)
+        flat = np.flatnonzero(counts)
+        return flat.astype(np.int64), counts[flat].astype(np.int64)
+
+    def confusion_matrix(self, sync: bool = True) -> np.ndarray:
+        """`(num_classes, num_classes)` pixel counts, rows = ground truth, columns = prediction."""
+        states = gather_states(self.state()) if sync else [self.state()]
+        merged = self._empty_like()
+        merged.merge(states)
+        return self._confusion(list(merged._records.values()))
+
+    def _confusion(self, records) -> np.ndarray:
+        size = self.num_classes**2
+        matrix = np.zeros(size, dtype=np.int64)
+        for flat, counts in records:
+            np.add.at(matrix, flat, counts)
+        return matrix.reshape(self.num_classes, self.num_classes)
+
+    def _compute_from_records(self, records) -> dict:
+        matrix = self._confusion(records)
+        true_positive = np.diag(matrix).astype(np.float64)
+        gt_total = matrix.sum(axis=1).astype(np.float64)
+        pred_total = matrix.sum(axis=0).astype(np.float64)
+        union = gt_total + pred_total - true_positive
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(union > 0, true_positive / union, np.nan)
+            accuracy = np.where(gt_total > 0, true_positive / gt_total, np.nan)
+        total = matrix.sum()
+        names = self.class_names or {}
+        return {
+            "mean_iou": float(np.nanmean(iou)) if np.any(union > 0) else _NAN,
+            "per_class_iou": {names.get(c, c): float(iou[c]) for c in range(self.num_classes)},
+            "pixel_accuracy": float(true_positive.sum() / total) if total else _NAN,
+            "mean_accuracy": float(np.nanmean(accuracy)) if np.any(gt_total > 0) else _NAN,
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Panoptic segmentation: PQ / SQ / RQ
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _panoptic_parts(item: Mapping, what: str) -> tuple[np.ndarray, list[Mapping]]:
+    if not isinstance(item, Mapping):
+        raise ValueError(f"Each {what} must be a dict with 'segmentation' (or 'panoptic_map') and 'segments_info'.")
+    id_map = item.get("segmentation", item.get("panoptic_map"))
+    if id_map is None or "segments_info" not in item:
+        raise ValueError(
+            f"{what} needs an (H, W) id map under 'segmentation' (or 'panoptic_map') and a 'segments_info' list."
+        )
+    id_map = _to_numpy(id_map)
+    if id_map.ndim != 2:
+        raise ValueError(f"{what}: the id map must be (H, W); got shape {id_map.shape}.")
+    if np.issubdtype(id_map.dtype, np.floating):
+        if not np.all(id_map == np.round(id_map)):
+            raise ValueError(f"{what}: the id map holds non-integer values.")
+    return id_map.astype(np.int64), list(item["segments_info"])
+
+
+class PanopticQualityEvaluator(_ImageRecordAccumulator):
+    """Panoptic quality (PQ = SQ x RQ) with the COCO panoptic rules.
+
+    Per image:
+        ground truth: `{"segmentation" (or "panoptic_map"): (H, W) segment-id map, "segments_info": [{"id",
+        "category_id", "iscrowd" (optional)}, ...]}`; pixels equal to `void_id` are void (unlabelled), any other
+        id must be listed.
+        prediction: what `post_process_panoptic_segmentation` returns: `{"segmentation": (H, W) id map,
+        "segments_info": [{"id", "label_id" (or "category_id"), ...}, ...]}`; pixels whose id is not listed (0, or
+        -1 for an empty result) belong to no segment, and such ids must be <= 0.
+
+    Rules: a predicted and a ground-truth segment of the same category match when IoU > 0.5, where pixels of the
+    prediction falling in void do not count in the union. Unmatched ground truth is a false negative, except crowd
+    segments (`iscrowd=1`), which never match. An unmatched prediction is a false positive unless more than half of
+    it lies on void or on crowd regions of its own category. Segments without pixels are ignored. Per category,
+    PQ = sum(IoU of matches) / (TP + FP/2 + FN/2); categories with no TP, FP or FN are left out of the averages.
+
+    Args:
+        categories: `[{"id", "name", "isthing"}, ...]` (or a dict id -> {"name", "isthing"}); ids are the class ids
+            used in both ground truth and predictions (for Mask2Former, its label ids).
+        void_id: ground-truth segment id of void pixels (default 0).
+        shard_id: prefix of automatic image ids; see the module docstring.
+
+    `compute()` returns `pq`, `sq`, `rq`, the same with `_things` / `_stuff` suffixes, `pq_per_class` (name ->
+    PQ; NaN for categories left out), `per_class` (name -> {"pq", "sq", "rq", "tp", "fp", "fn"}), `num_categories`
+    (`{"all", "things", "stuff"}` counted in the averages) and `num_images`.
+    """
+
+    _kind = "panoptic"
+
+    def __init__(self, categories: Sequence[Mapping] | Mapping[int, Mapping], void_id: int = 0,
+                 shard_id: int | None = None):
+        super().__init__(shard_id=shard_id)
+        if isinstance(categories, Mapping):
+            categories = [{"id": k, **v} for k, v in categories.items()]
+        parsed = {}
+        for category in categories:
+            if "id" not in category or "isthing" not in category:
+                raise ValueError(f"Each category needs 'id' and 'isthing' (and ideally 'name'); got {category}.")
+            parsed[int(category["id"])] = (str(category.get("name", category["id"])), bool(category["isthing"]))
+        if not parsed:
+            raise ValueError("categories is empty: list every thing and stuff category with its 'isthing' flag.")
+        self.categories = parsed
+        self.void_id = int(void_id)
+
+    def _config(self) -> dict:
+        return {"categories": self.categories, "void_id": self.void_id}
+
+    def update(self, ground_truths: Mapping | Sequence[Mapping], predictions: Mapping | Sequence[Mapping],
+               image_ids: Sequence[int | str] | None = None) -> None:
+        """Add images: one ground-truth dict and one prediction dict per image (or a single dict each)."""
+        ground_truths = _as_list(ground_truths, "ground_truths")
+        predictions = _as_list(predictions, "predictions")
+        if len(ground_truths) != len(predictions):
+            raise ValueError(f"Got {len(ground_truths)} ground truths but {len(predictions)} predictions.")
+        records = [self._record(gt, pred, i) for i, (gt, pred) in enumerate(zip(ground_truths, predictions))]
+        for key, record in zip(self._keys_for(len(records), image_ids), records):
+            self._records[key] = record
+
+    def _segments(self, segments: list[Mapping], what: str, label_keys: tuple[str, ...]) -> dict[int, tuple[int, int]]:
+        parsed = {}
+        for segment in segments:
+            label_key = next((k for k in label_keys if k in segment), None)
+            if "id" not in segment or label_key is None:
+                raise ValueError(f"{what}: each segment needs 'id' and one of {label_keys}; got {segment}.")
+            category = int(segment[label_key])
+            if category not in self.categories:
+                raise ValueError(f"{what}: category {category} is not among the evaluator's categories {sorted(self.categories)}.")
+            segment_id = int(segment["id"])
+            if segment_id in parsed:
+                raise ValueError(f"{what}: segment id {segment_id} is listed twice.")
+            parsed[segment_id] = (category, int(segment.get("iscrowd", 0)))
+        return parsed
+
+    def _record(self, gt: Mapping, pred: Mapping, index: int) -> dict[int, list]:
+        gt_map, gt_segments_list = _panoptic_parts(gt, f"ground truth of image {index}")
+        pred_map, pred_segments_list = _panoptic_parts(pred, f"prediction of image {index}")
+        if gt_map.shape != pred_map.shape:
+            raise ValueError(
+                f"Image {index}: ground truth is {gt_map.shape} but prediction is {pred_map.shape}; post-process with "
+                f"target_sizes=[(height, width)] so they match."
+            )
+        gt_segments = self._segments(gt_segments_list, f"ground truth of image {index}", ("category_id",))
+        pred_segments = self._segments(pred_segments_list, f"prediction of image {index}", ("category_id", "label_id"))
+        if self.void_id in gt_segments:
+            raise ValueError(f"ground truth of image {index}: segment id {self.void_id} is the void_id.")
+
+        gt_ids, gt_index = np.unique(gt_map, return_inverse=True)
+        unknown = [int(i) for i in gt_ids if i != self.void_id and int(i) not in gt_segments]
+        if unknown:
+            raise ValueError(
+                f"ground truth of image {index}: ids {unknown[:10]} appear in the map but not in segments_info (void "
+                f"pixels must be {self.void_id}, the void_id)."
+            )
+        pred_ids, pred_index = np.unique(pred_map, return_inverse=True)
+        unlisted = [int(i) for i in pred_ids if int(i) not in pred_segments]
+        if any(i > 0 for i in unlisted):
+            raise ValueError(
+                f"prediction of image {index}: ids {[i for i in unlisted if i > 0][:10]} appear in the map but not in "
+                f"segments_info (only ids <= 0 may mark pixels without a segment)."
+            )
+        # Joint histogram of (gt id, pred id) pairs: intersections of every segment pair in one bincount.
+        joint = np.bincount(gt_index.ravel() * len(pred_ids) + pred_index.ravel(), minlength=len(gt_ids) * len(pred_ids))
+        intersection = joint.reshape(len(gt_ids), len(pred_ids))
+        gt_area, pred_area = intersection.sum(axis=1), intersection.sum(axis=0)
+        gt_pos = {int(i): n for n, i in enumerate(gt_ids)}
+        pred_pos = {int(i): n for n, i in enumerate(pred_ids)}
+        void_row = gt_pos.get(self.void_id)
+
+        stats: dict[int, list] = {}  # category -> [tp, fp, fn, iou_sum]
+
+        def stat(category: int) -> list:
+            return stats.setdefault(category, [0, 0, 0, 0.0])
+
+        gt_present = {s: v for s, v in gt_segments.items() if s in gt_pos}
+        pred_present = {s: v for s, v in pred_segments.items() if s in pred_pos}
+        matched_gt, matched_pred = set(), set()
+        gt_by_row = {gt_pos[s]: (s, v) for s, v in gt_present.items()}
+        pred_by_col = {pred_pos[s]: (s, v) for s, v in pred_present.items()}
+        for row, col in zip(*np.nonzero(intersection)):  # only overlapping pairs can match
+            if row not in gt_by_row or col not in pred_by_col:
+                continue
+            (gt_id, (gt_category, gt_crowd)), (pred_id, (pred_category, _)) = gt_by_row[row], pred_by_col[col]
+            if gt_crowd or pred_category != gt_category:
+                continue
+            overlap = int(intersection[row, col])
+            void_overlap = int(intersection[void_row, col]) if void_row is not None else 0
+            union = int(gt_area[row]) + int(pred_area[col]) - overlap - void_overlap
+            iou = overlap / union
+            if iou > 0.5:  # IoU > 0.5 makes the match unique: no assignment step is needed
+                entry = stat(gt_category)
+                entry[0] += 1
+                entry[3] += iou
+                matched_gt.add(gt_id)
+                matched_pred.add(pred_id)
+        crowd_rows: dict[int, list[int]] = {}
+        for gt_id, (gt_category, gt_crowd) in gt_present.items():
+            if gt_crowd:
+                crowd_rows.setdefault(gt_category, []).append(gt_pos[gt_id])
+            elif gt_id not in matched_gt:
+                stat(gt_category)[2] += 1
+        for pred_id, (pred_category, _) in pred_present.items():
+            if pred_id in matched_pred:
+                continue
+            col = pred_pos[pred_id]
+            ignored = int(intersection[void_row, col]) if void_row is not None else 0
+            ignored += sum(int(intersection[r, col]) for r in crowd_rows.get(pred_category, []))
+            if ignored / int(pred_area[col]) > 0.5:
+                continue
+            stat(pred_category)[1] += 1
+        return stats
+
+    def _compute_from_records(self, records: list[dict[int, list]]) -> dict:
+        totals = {c: [0, 0, 0, 0.0] for c in self.categories}
+        for record in records:  # canonical image order: the IoU sums are bit-identical however images were sharded
+            for category, (tp, fp, fn, iou) in record.items():
+                total = totals[category]
+                total[0] += tp
+                total[1] += fp
+                total[2] += fn
+                total[3] += iou
+        per_class, included = {}, {"all": [], "things": [], "stuff": []}
+        for category in sorted(self.categories):
+            name, isthing = self.categories[category]
+            tp, fp, fn, iou = totals[category]
+            if tp + fp + fn == 0:
+                per_class[name] = {"pq": _NAN, "sq": _NAN, "rq": _NAN, "tp": 0, "fp": 0, "fn": 0}
+                continue
+            rq = tp / (tp + 0.5 * fp + 0.5 * fn)
+            sq = iou / tp if tp else 0.0
+            per_class[name] = {"pq": sq * rq, "sq": sq, "rq": rq, "tp": tp, "fp": fp, "fn": fn}
+            included["all"].append(name)
+            included["things" if isthing else "stuff"].append(name)
+        result = {}
+        for group, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):
+            names = included[group]
+            for metric in ("pq", "sq", "rq"):
+                result[metric + suffix] = float(np.mean([per_class[n][metric] for n in names])) if names else _NAN
+        result["pq_per_class"] = {name: v["pq"] for name, v in per_class.items()}
+        result["per_class"] = per_class
+        result["num_categories"] = {group: len(names) for group, names in included.items()}
+        return result
+
