@@ -361,6 +361,9 @@ LOSS_WORKER = textwrap.dedent(
         result = {rank: loss_dict(model, rank)}
         with open(sys.argv[1] + f".{rank}", "w") as handle:
             json.dump(result, handle)
+        # Leave together: a rank that exits while gloo still talks to the other one aborts it.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     else:  # single process, once per rank's inputs
         with open(sys.argv[1], "w") as handle:
             json.dump({rank: loss_dict(model, rank) for rank in (0, 1)}, handle)
