@@ -46,9 +46,9 @@ __all__ = [
 _NAN = float("nan")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Shared machinery: image keys, state merging, all-gather
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _distributed_world() -> tuple[int, int]:
@@ -216,7 +216,9 @@ def _as_list(items: Any, what: str) -> list:
         return [items]
     if isinstance(items, (list, tuple)):
         return list(items)
-    raise ValueError(f"{what} must be a dict (one image) or a list of dicts (one per image); got {type(items).__name__}.")
+    raise ValueError(
+        f"{what} must be a dict (one image) or a list of dicts (one per image); got {type(items).__name__}."
+    )
 
 
 def _class_names(class_names: Mapping[int, str] | Sequence[str] | None) -> dict[int, str] | None:
@@ -227,9 +229,9 @@ def _class_names(class_names: Mapping[int, str] | Sequence[str] | None) -> dict[
     return {i: str(name) for i, name in enumerate(class_names)}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Instance segmentation: COCO mask AP with pycocotools
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _binary_masks(masks: Any, what: str) -> np.ndarray:
@@ -237,7 +239,9 @@ def _binary_masks(masks: Any, what: str) -> np.ndarray:
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
-        raise ValueError(f"{what} must be binary masks of shape (num_instances, height, width); got shape {array.shape}.")
+        raise ValueError(
+            f"{what} must be binary masks of shape (num_instances, height, width); got shape {array.shape}."
+        )
     if array.dtype == bool:
         return array
     if np.issubdtype(array.dtype, np.floating):
@@ -250,7 +254,10 @@ def _encode_masks(masks: Any, size: tuple[int, int] | None, what: str) -> tuple[
     if isinstance(masks, (list, tuple)):
         if len(masks) == 0:
             return [], size
-        if all(isinstance(m, Mapping) or (isinstance(m, list) and (not m or isinstance(m[0], (list, tuple)))) for m in masks):
+        if all(
+            isinstance(m, Mapping) or (isinstance(m, list) and (not m or isinstance(m[0], (list, tuple))))
+            for m in masks
+        ):
             return _encode_coco_segmentations(masks, size, what)
         masks = np.stack([_to_numpy(m) for m in masks]) if len(masks) else masks
     array = _binary_masks(masks, what)
@@ -330,11 +337,15 @@ def instance_prediction_from_post_processed(result: Mapping, image_size: tuple[i
             )
         masks = _binary_masks(segmentation, "segmentation")
     elif segmentation.ndim == 2:
-        masks = np.stack([segmentation == s["id"] for s in segments]) if segments else np.zeros(
-            (0, *segmentation.shape), dtype=bool
+        masks = (
+            np.stack([segmentation == s["id"] for s in segments])
+            if segments
+            else np.zeros((0, *segmentation.shape), dtype=bool)
         )
     else:
-        raise ValueError(f"segmentation must be (N, H, W) binary maps or an (H, W) id map; got shape {segmentation.shape}.")
+        raise ValueError(
+            f"segmentation must be (N, H, W) binary maps or an (H, W) id map; got shape {segmentation.shape}."
+        )
     if image_size is not None and tuple(masks.shape[1:]) != tuple(image_size):
         raise ValueError(
             f"Predicted masks are {tuple(masks.shape[1:])} but the image is {tuple(image_size)}: pass "
@@ -385,8 +396,12 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
     def _config(self) -> dict:
         return {"class_names": self.class_names, "max_detections": self.max_detections}
 
-    def update(self, ground_truths: Mapping | Sequence[Mapping], predictions: Mapping | Sequence[Mapping],
-               image_ids: Sequence[int | str] | None = None) -> None:
+    def update(
+        self,
+        ground_truths: Mapping | Sequence[Mapping],
+        predictions: Mapping | Sequence[Mapping],
+        image_ids: Sequence[int | str] | None = None,
+    ) -> None:
         """Add images: one ground-truth dict and one prediction dict per image (or a single dict each)."""
         ground_truths = _as_list(ground_truths, "ground_truths")
         predictions = _as_list(predictions, "predictions")
@@ -397,15 +412,21 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
             self._records[key] = record
 
     def _record(self, gt: Mapping, pred: Mapping, index: int) -> dict:
-        for what, item, required in (("ground truth", gt, ("masks", "labels")), ("prediction", pred, ("masks", "labels", "scores"))):
+        for what, item, required in (
+            ("ground truth", gt, ("masks", "labels")),
+            ("prediction", pred, ("masks", "labels", "scores")),
+        ):
             if not isinstance(item, Mapping):
                 raise ValueError(f"Each {what} must be a dict; got {type(item).__name__}.")
             missing = [k for k in required if k not in item]
             if missing:
                 raise ValueError(
                     f"{what} of image {index} lacks {missing}; expected keys {list(required)}"
-                    + (" (+ optional 'iscrowd', 'size')." if what == "ground truth" else
-                       " (use instance_prediction_from_post_processed on post-processed outputs).")
+                    + (
+                        " (+ optional 'iscrowd', 'size')."
+                        if what == "ground truth"
+                        else " (use instance_prediction_from_post_processed on post-processed outputs)."
+                    )
                 )
         size = tuple(int(s) for s in gt["size"]) if gt.get("size") is not None else None
         gt_rles, gt_size = _encode_masks(gt["masks"], size, f"ground-truth masks of image {index}")
@@ -423,7 +444,9 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
         if self.class_names is not None:
             unknown = sorted(set(gt_labels.tolist() + pred_labels.tolist()) - set(self.class_names))
             if unknown:
-                raise ValueError(f"Labels {unknown} of image {index} are not in class_names ({sorted(self.class_names)}).")
+                raise ValueError(
+                    f"Labels {unknown} of image {index} are not in class_names ({sorted(self.class_names)})."
+                )
         return {
             "size": gt_size or pred_size or (0, 0),
             "gt": [(rle, int(lab), int(c)) for rle, lab, c in zip(gt_rles, gt_labels, iscrowd)],
@@ -444,17 +467,30 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
             images.append({"id": image_id, "height": height, "width": width})
             # Annotation ids start at 1: COCOeval stores matched ids in arrays where 0 means "unmatched".
             for rle, label, iscrowd in record["gt"]:
-                gt_annotations.append({
-                    "id": len(gt_annotations) + 1, "image_id": image_id, "category_id": label,
-                    "segmentation": dict(rle), "area": float(mask_utils.area(rle)),
-                    "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": iscrowd,
-                })
+                gt_annotations.append(
+                    {
+                        "id": len(gt_annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": label,
+                        "segmentation": dict(rle),
+                        "area": float(mask_utils.area(rle)),
+                        "bbox": mask_utils.toBbox(rle).tolist(),
+                        "iscrowd": iscrowd,
+                    }
+                )
             for rle, label, score in record["pred"]:
-                dt_annotations.append({
-                    "id": len(dt_annotations) + 1, "image_id": image_id, "category_id": label,
-                    "segmentation": dict(rle), "area": float(mask_utils.area(rle)),
-                    "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0, "score": score,
-                })
+                dt_annotations.append(
+                    {
+                        "id": len(dt_annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": label,
+                        "segmentation": dict(rle),
+                        "area": float(mask_utils.area(rle)),
+                        "bbox": mask_utils.toBbox(rle).tolist(),
+                        "iscrowd": 0,
+                        "score": score,
+                    }
+                )
         categories = [{"id": c, "name": str(c)} for c in category_ids]
         result = {"map_per_class": {}}
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -490,9 +526,9 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
         return {k: result[k] for k in (*names, "mar_100", "map_per_class")}
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Semantic segmentation: confusion matrix
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
@@ -553,10 +589,14 @@ class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
             array = _to_numpy(maps)
             arrays = [array] if array.ndim == 2 else list(array) if array.ndim == 3 else None
             if arrays is None:
-                raise ValueError(f"{what} must be an (H, W) map, a (B, H, W) batch or a list of maps; got {array.shape}.")
+                raise ValueError(
+                    f"{what} must be an (H, W) map, a (B, H, W) batch or a list of maps; got {array.shape}."
+                )
         for array in arrays:
             if array.ndim != 2 or not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-                raise ValueError(f"{what}: each map must be an (H, W) integer array of class ids; got {array.dtype} {array.shape}.")
+                raise ValueError(
+                    f"{what}: each map must be an (H, W) integer array of class ids; got {array.dtype} {array.shape}."
+                )
         return arrays
 
     def _record(self, gt: np.ndarray, pred: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -613,9 +653,9 @@ class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
         }
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Panoptic segmentation: PQ / SQ / RQ
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def _panoptic_parts(item: Mapping, what: str) -> tuple[np.ndarray, list[Mapping]]:
@@ -665,8 +705,9 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
 
     _kind = "panoptic"
 
-    def __init__(self, categories: Sequence[Mapping] | Mapping[int, Mapping], void_id: int = 0,
-                 shard_id: int | None = None):
+    def __init__(
+        self, categories: Sequence[Mapping] | Mapping[int, Mapping], void_id: int = 0, shard_id: int | None = None
+    ):
         super().__init__(shard_id=shard_id)
         if isinstance(categories, Mapping):
             categories = [{"id": k, **v} for k, v in categories.items()]
@@ -683,8 +724,12 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
     def _config(self) -> dict:
         return {"categories": self.categories, "void_id": self.void_id}
 
-    def update(self, ground_truths: Mapping | Sequence[Mapping], predictions: Mapping | Sequence[Mapping],
-               image_ids: Sequence[int | str] | None = None) -> None:
+    def update(
+        self,
+        ground_truths: Mapping | Sequence[Mapping],
+        predictions: Mapping | Sequence[Mapping],
+        image_ids: Sequence[int | str] | None = None,
+    ) -> None:
         """Add images: one ground-truth dict and one prediction dict per image (or a single dict each)."""
         ground_truths = _as_list(ground_truths, "ground_truths")
         predictions = _as_list(predictions, "predictions")
@@ -702,7 +747,9 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
                 raise ValueError(f"{what}: each segment needs 'id' and one of {label_keys}; got {segment}.")
             category = int(segment[label_key])
             if category not in self.categories:
-                raise ValueError(f"{what}: category {category} is not among the evaluator's categories {sorted(self.categories)}.")
+                raise ValueError(
+                    f"{what}: category {category} is not among the evaluator's categories {sorted(self.categories)}."
+                )
             segment_id = int(segment["id"])
             if segment_id in parsed:
                 raise ValueError(f"{what}: segment id {segment_id} is listed twice.")
@@ -737,7 +784,9 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
                 f"segments_info (only ids <= 0 may mark pixels without a segment)."
             )
         # Joint histogram of (gt id, pred id) pairs: intersections of every segment pair in one bincount.
-        joint = np.bincount(gt_index.ravel() * len(pred_ids) + pred_index.ravel(), minlength=len(gt_ids) * len(pred_ids))
+        joint = np.bincount(
+            gt_index.ravel() * len(pred_ids) + pred_index.ravel(), minlength=len(gt_ids) * len(pred_ids)
+        )
         intersection = joint.reshape(len(gt_ids), len(pred_ids))
         gt_area, pred_area = intersection.sum(axis=1), intersection.sum(axis=0)
         gt_pos = {int(i): n for n, i in enumerate(gt_ids)}
@@ -817,4 +866,3 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
         result["per_class"] = per_class
         result["num_categories"] = {group: len(names) for group, names in included.items()}
         return result
-

@@ -106,7 +106,9 @@ class SyntheticConfig:
         if self.max_instances < 0:
             raise ValueError(f"max_instances must be >= 0, got {self.max_instances}.")
         if len(self.size_probabilities) != 3 or abs(sum(self.size_probabilities) - 1.0) > 1e-6:
-            raise ValueError(f"size_probabilities must be 3 probabilities summing to 1, got {self.size_probabilities}.")
+            raise ValueError(
+                f"size_probabilities must be 3 probabilities summing to 1, got {self.size_probabilities}."
+            )
         if not 0 < self.min_area_fraction < SMALL_AREA_FRACTION < MEDIUM_AREA_FRACTION < self.max_area_fraction <= 1:
             raise ValueError(
                 f"Need 0 < min_area_fraction < {SMALL_AREA_FRACTION:.4f} (small) < {MEDIUM_AREA_FRACTION:.4f} "
@@ -161,8 +163,9 @@ def _rounded(value: float) -> float:
     return round(value, 4)
 
 
-def _draw_shape(label: int, center: tuple[float, float], area: float, angle: float, hole: float,
-                size: tuple[int, int]) -> np.ndarray:
+def _draw_shape(
+    label: int, center: tuple[float, float], area: float, angle: float, hole: float, size: tuple[int, int]
+) -> np.ndarray:
     height, width = size
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
@@ -170,18 +173,24 @@ def _draw_shape(label: int, center: tuple[float, float], area: float, angle: flo
     if label in (0, 3):  # circle and ring: radius from the target area
         effective = area / (1.0 - hole**2) if label == 3 else area
         radius = math.sqrt(effective / math.pi)
-        draw.ellipse([_rounded(cx - radius), _rounded(cy - radius), _rounded(cx + radius), _rounded(cy + radius)], fill=1)
+        draw.ellipse(
+            [_rounded(cx - radius), _rounded(cy - radius), _rounded(cx + radius), _rounded(cy + radius)], fill=1
+        )
         if label == 3:
             inner = radius * hole
-            draw.ellipse([_rounded(cx - inner), _rounded(cy - inner), _rounded(cx + inner), _rounded(cy + inner)], fill=0)
+            draw.ellipse(
+                [_rounded(cx - inner), _rounded(cy - inner), _rounded(cx + inner), _rounded(cy + inner)], fill=0
+            )
     else:
         if label == 1:  # square of side a: circumradius a / sqrt(2)
             corners, circumradius = 4, math.sqrt(area) / math.sqrt(2)
         else:  # equilateral triangle of side a, area sqrt(3)/4 a²: circumradius a / sqrt(3)
             corners, circumradius = 3, math.sqrt(4 * area / math.sqrt(3)) / math.sqrt(3)
         vertices = [
-            (_rounded(cx + circumradius * math.cos(angle + 2 * math.pi * k / corners)),
-             _rounded(cy + circumradius * math.sin(angle + 2 * math.pi * k / corners)))
+            (
+                _rounded(cx + circumradius * math.cos(angle + 2 * math.pi * k / corners)),
+                _rounded(cy + circumradius * math.sin(angle + 2 * math.pi * k / corners)),
+            )
             for k in range(corners)
         ]
         draw.polygon(vertices, fill=1)
@@ -209,7 +218,10 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.nda
     cycles = 0.5 + 1.5 * rng.random()
     phase = rng.random()
     horizon = np.array(
-        [int(round(height * (base + amplitude * math.sin(2 * math.pi * (cycles * x / width + phase))))) for x in range(width)]
+        [
+            int(round(height * (base + amplitude * math.sin(2 * math.pi * (cycles * x / width + phase)))))
+            for x in range(width)
+        ]
     )
     rows = np.arange(height)[:, None]
     sky = rows < horizon[None, :]
@@ -217,7 +229,9 @@ def _background(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.nda
     top, bottom = rng.integers(0, 256, size=3), rng.integers(0, 256, size=3)
     # Integer gradient: (top * (H - 1 - y) + bottom * y) // (H - 1), exact in any arithmetic.
     gradient = (top[None, :] * (height - 1 - rows) + bottom[None, :] * rows) // max(height - 1, 1)
-    sky_pixels = np.broadcast_to(gradient[:, None, :], (height, width, 3)) + rng.integers(-6, 7, size=(height, width, 3))
+    sky_pixels = np.broadcast_to(gradient[:, None, :], (height, width, 3)) + rng.integers(
+        -6, 7, size=(height, width, 3)
+    )
 
     ground_colour = rng.integers(0, 256, size=3)
     blotches = _smooth_noise(rng, size, cell=max(min(height, width) // 12, 2), amplitude=45)
@@ -238,7 +252,9 @@ def _object_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.
     return colour
 
 
-def generate_sample(index: int, seed: int = 0, split: str | int = "train", config: SyntheticConfig | None = None) -> SyntheticSample:
+def generate_sample(
+    index: int, seed: int = 0, split: str | int = "train", config: SyntheticConfig | None = None
+) -> SyntheticSample:
     """Sample `index` of `split` for `seed`: the same arguments always give the same bytes."""
     config = config or SyntheticConfig()
     height, width = config.size
@@ -346,8 +362,9 @@ def _segment_info(segment_id: int, category: int, region: np.ndarray) -> dict:
     }
 
 
-def generate_samples(num_samples: int, seed: int = 0, split: str | int = "train", config: SyntheticConfig | None = None,
-                     start: int = 0) -> list[SyntheticSample]:
+def generate_samples(
+    num_samples: int, seed: int = 0, split: str | int = "train", config: SyntheticConfig | None = None, start: int = 0
+) -> list[SyntheticSample]:
     """Samples `start .. start + num_samples - 1` of `split` (see `generate_sample`)."""
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}.")
@@ -381,8 +398,9 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def sample_to_coco_annotations(sample: SyntheticSample, image_id: int, first_annotation_id: int,
-                               rle_fraction: float = 0.2) -> list[dict]:
+def sample_to_coco_annotations(
+    sample: SyntheticSample, image_id: int, first_annotation_id: int, rle_fraction: float = 0.2
+) -> list[dict]:
     """COCO instance annotations (thing classes only, `category_id = label + 1`) for one sample.
 
     Masks become polygons when they have no hole and the polygons rasterise back to an IoU >= 0.98; otherwise, and
@@ -400,22 +418,34 @@ def sample_to_coco_annotations(sample: SyntheticSample, image_id: int, first_ann
             decoded = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))) > 0
             if _mask_iou(decoded, mask) < 0.98:
                 polygons = None
-        segmentation = polygons if polygons is not None else {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
-        annotations.append({
-            "id": first_annotation_id + k,
-            "image_id": image_id,
-            "category_id": int(label) + 1,
-            "segmentation": segmentation,
-            "area": int(mask.sum()),
-            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-            "iscrowd": 0,
-        })
+        segmentation = (
+            polygons
+            if polygons is not None
+            else {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+        )
+        annotations.append(
+            {
+                "id": first_annotation_id + k,
+                "image_id": image_id,
+                "category_id": int(label) + 1,
+                "segmentation": segmentation,
+                "area": int(mask.sum()),
+                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                "iscrowd": 0,
+            }
+        )
     return annotations
 
 
-def write_coco_dataset(root: str | Path, num_train: int = 200, num_valid: int = 50, seed: int = 0,
-                       config: SyntheticConfig | None = None, rle_fraction: float = 0.2,
-                       roboflow_supercategory: bool = False) -> dict[str, Path]:
+def write_coco_dataset(
+    root: str | Path,
+    num_train: int = 200,
+    num_valid: int = 50,
+    seed: int = 0,
+    config: SyntheticConfig | None = None,
+    rle_fraction: float = 0.2,
+    roboflow_supercategory: bool = False,
+) -> dict[str, Path]:
     """Write `num_train` / `num_valid` samples as COCO instance segmentation in the Roboflow layout.
 
     `<root>/train/_annotations.coco.json` and `<root>/valid/_annotations.coco.json`, PNG images beside each json

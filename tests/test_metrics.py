@@ -132,7 +132,10 @@ def test_rle_input_equals_mask_input():
 def test_converter_handles_binary_maps_label_maps_and_empty_results():
     shape = (8, 8)
     a, b = box(shape, (0, 4), (0, 4)), box(shape, (2, 8), (2, 8))
-    info = [{"id": 0, "label_id": 3, "score": 0.7, "was_fused": False}, {"id": 1, "label_id": 1, "score": 0.2, "was_fused": False}]
+    info = [
+        {"id": 0, "label_id": 3, "score": 0.7, "was_fused": False},
+        {"id": 1, "label_id": 1, "score": 0.2, "was_fused": False},
+    ]
     binary = instance_prediction_from_post_processed(
         {"segmentation": torch.from_numpy(np.stack([a, b])).float(), "segments_info": info}
     )
@@ -178,7 +181,9 @@ def test_instance_bad_input_errors_name_the_fix():
     with pytest.raises(ValueError, match="before any image"):
         evaluator.compute()
     with pytest.raises(ValueError, match="return_binary_maps"):
-        instance_prediction_from_post_processed({"segmentation": [[1, 2]], "segments_info": [{"id": 0, "label_id": 0, "score": 1}]})
+        instance_prediction_from_post_processed(
+            {"segmentation": [[1, 2]], "segments_info": [{"id": 0, "label_id": 0, "score": 1}]}
+        )
 
 
 # ------------------------------------------------------------------------------------------------- semantic
@@ -248,16 +253,30 @@ def test_panoptic_hand_worked_pq():
     pred[0:5, 7:10] = 2  # P2: thing, exactly the void region
     pred[9, 0:5] = 3  # P3: thing, 5 px of S
     gt_info = [{"id": 1, "category_id": 0}, {"id": 2, "category_id": 0}, {"id": 3, "category_id": 1}]
-    pred_info = [{"id": 1, "label_id": 0}, {"id": 2, "label_id": 0}, {"id": 3, "label_id": 0}, {"id": 4, "label_id": 1}]
+    pred_info = [
+        {"id": 1, "label_id": 0},
+        {"id": 2, "label_id": 0},
+        {"id": 3, "label_id": 0},
+        {"id": 4, "label_id": 1},
+    ]
     evaluator = PanopticQualityEvaluator(CATEGORIES)
-    evaluator.update({"segmentation": gt, "segments_info": gt_info}, {"segmentation": pred, "segments_info": pred_info})
+    evaluator.update(
+        {"segmentation": gt, "segments_info": gt_info}, {"segmentation": pred, "segments_info": pred_info}
+    )
     result = evaluator.compute()
     # thing: P1-A IoU 20/25 = 0.8 -> TP. P2 lies 100% on void -> ignored, not FP. P3 -> FP. B (under P4, a stuff
     #   segment) -> FN. PQ = 0.8 / (1 + 1/2 + 1/2) = 0.4, SQ = 0.8, RQ = 0.5.
     # stuff: P4 (60 px) vs S (51 px): intersection = S minus P3 = 46, P4 has no void pixel, IoU = 46 / (60 + 51 - 46)
     #   = 46/65 -> TP. PQ = SQ = 46/65, RQ = 1.
     # PQ = (0.4 + 46/65) / 2.
-    assert result["per_class"]["thing"] == {"pq": pytest.approx(0.4), "sq": pytest.approx(0.8), "rq": 0.5, "tp": 1, "fp": 1, "fn": 1}
+    assert result["per_class"]["thing"] == {
+        "pq": pytest.approx(0.4),
+        "sq": pytest.approx(0.8),
+        "rq": 0.5,
+        "tp": 1,
+        "fp": 1,
+        "fn": 1,
+    }
     assert result["pq_stuff"] == pytest.approx(46 / 65) and result["rq_stuff"] == 1.0
     assert result["pq"] == pytest.approx((0.4 + 46 / 65) / 2)
     assert result["sq"] == pytest.approx((0.8 + 46 / 65) / 2)
@@ -273,7 +292,10 @@ def test_panoptic_void_leaves_union_and_crowd_absorbs_false_positives():
     pred[7:9, 2:8] = 2  # a thing entirely inside the crowd region
     evaluator = PanopticQualityEvaluator(CATEGORIES)
     evaluator.update(
-        {"segmentation": gt, "segments_info": [{"id": 1, "category_id": 0}, {"id": 2, "category_id": 0, "iscrowd": 1}]},
+        {
+            "segmentation": gt,
+            "segments_info": [{"id": 1, "category_id": 0}, {"id": 2, "category_id": 0, "iscrowd": 1}],
+        },
         {"segmentation": pred, "segments_info": [{"id": 1, "label_id": 0}, {"id": 2, "label_id": 0}]},
     )
     thing = evaluator.compute()["per_class"]["thing"]
@@ -310,20 +332,30 @@ def noisy_dataset(num_images=7):
         scores = np.round(rng.random(len(pred_labels)), 2)
         semantic_pred = np.roll(sample.semantic_map, 1, axis=0)
         panoptic_pred = np.roll(sample.panoptic_map, 2, axis=1)
-        data.append({
-            "instance": ({"masks": sample.masks, "labels": sample.labels},
-                         {"masks": pred_masks, "labels": pred_labels, "scores": scores}),
-            "semantic": (sample.semantic_map, semantic_pred),
-            "panoptic": ({"segmentation": sample.panoptic_map, "segments_info": sample.segments_info},
-                         {"segmentation": panoptic_pred,
-                          "segments_info": [{"id": s["id"], "label_id": s["category_id"]} for s in sample.segments_info]}),
-        })
+        data.append(
+            {
+                "instance": (
+                    {"masks": sample.masks, "labels": sample.labels},
+                    {"masks": pred_masks, "labels": pred_labels, "scores": scores},
+                ),
+                "semantic": (sample.semantic_map, semantic_pred),
+                "panoptic": (
+                    {"segmentation": sample.panoptic_map, "segments_info": sample.segments_info},
+                    {
+                        "segmentation": panoptic_pred,
+                        "segments_info": [{"id": s["id"], "label_id": s["category_id"]} for s in sample.segments_info],
+                    },
+                ),
+            }
+        )
     return data
 
 
 def make_evaluators(shard_id=None):
     return {
-        "instance": InstanceSegmentationEvaluator(class_names=["circle", "square", "triangle", "ring"], shard_id=shard_id),
+        "instance": InstanceSegmentationEvaluator(
+            class_names=["circle", "square", "triangle", "ring"], shard_id=shard_id
+        ),
         "semantic": SemanticSegmentationEvaluator(num_classes=6, shard_id=shard_id),
         "panoptic": PanopticQualityEvaluator(panoptic_categories(), shard_id=shard_id),
     }
@@ -392,7 +424,9 @@ def _distributed_worker(rank, world_size, init_file, out_dir):
     try:
         data = noisy_dataset()
         # torch's DistributedSampler (no shuffle) over 7 images on 2 ranks: 8 slots, image 0 is on both ranks.
-        sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world_size, rank=rank, shuffle=False)
+        sampler = torch.utils.data.DistributedSampler(
+            range(len(data)), num_replicas=world_size, rank=rank, shuffle=False
+        )
         evaluators = make_evaluators()
         feed(evaluators, data, list(sampler))
         results = {task: e.compute() for task, e in evaluators.items()}  # all-gathers inside

@@ -1,6 +1,7 @@
 """Tests for the deterministic synthetic segmentation dataset (mask2former_dinov3.synthetic)."""
 
 import hashlib
+import inspect
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from mask2former_dinov3 import synthetic
 from mask2former_dinov3.synthetic import (
     CLASSES,
     THING_CLASSES,
@@ -48,9 +50,17 @@ def test_same_seed_same_bytes_in_process_and_in_a_fresh_interpreter():
     assert digest(first) != digest(generate_samples(6, seed=4, split="valid"))
     # Random access: a sample does not depend on which samples were generated before it.
     assert digest([generate_sample(5, seed=4)]) == digest(first[5:6])
-    code = (
-        "import sys; sys.path.insert(0, 'tests'); from test_synthetic import digest; "
-        "from mask2former_dinov3.synthetic import generate_samples; print(digest(generate_samples(6, seed=4)))"
+    # The module file alone (not the package, which imports transformers): numpy, PIL and pycocotools only.
+    code = "\n".join(
+        [
+            "import hashlib, importlib.util, json, sys",
+            "import numpy as np",
+            f"spec = importlib.util.spec_from_file_location('synthetic', {synthetic.__file__!r})",
+            "synthetic = sys.modules['synthetic'] = importlib.util.module_from_spec(spec)",
+            "spec.loader.exec_module(synthetic)",
+            inspect.getsource(digest),
+            "print(digest(synthetic.generate_samples(6, seed=4)))",
+        ]
     )
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert fresh.stdout.strip() == digest(first)

@@ -1,0 +1,61 @@
+"""Does a shallower pixel-decoder encoder cost accuracy? Same training budget, encoder depth as the only difference.
+
+The ViT presets default to `encoder_layers=3` deformable-attention layers in the pixel decoder instead of
+Mask2Former's 6 (see `benchmarks/README.md`, "Head defaults"). This script backs that default: it trains
+`benchmarks/learning.py`'s "ours-vit" model (small DINOv3 ViT + simple pyramid + Mask2Former head, random init, the
+offline synthetic shapes set) once per depth in `--encoder-layers`, with everything else identical (data, steps,
+batch, optimiser, seeds, head widths), and reports pycocotools mask AP per depth.
+
+    python benchmarks/head_defaults.py --encoder-layers 6 3 --output benchmarks/head_defaults.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import learning  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse arguments, train one model per encoder depth, print and optionally write the results."""
+    defaults = learning.Settings()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder-layers", type=int, nargs="+", default=[6, 3])
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+
+    results = {}
+    for depth in args.encoder_layers:
+        settings = dataclasses.replace(
+            defaults, steps=args.steps, seeds=tuple(args.seeds), workers=args.workers, encoder_layers=depth
+        )
+        print(f"--- encoder_layers={depth}", flush=True)
+        summary = learning.run(settings, ["ours-vit"], workers=args.workers, log=lambda m: print(m, flush=True))
+        results[f"encoder_layers={depth}"] = {"settings": dataclasses.asdict(settings), **summary["ours-vit"]}
+
+    print("\n| pixel-decoder encoder layers | mask AP (mean ± std) | AP50 | per-seed AP | train time / seed |")
+    print("|---|---|---|---|---|")
+    for name, r in results.items():
+        seeds = ", ".join(f"{ap:.3f}" for ap in r["per_seed_ap"])
+        print(
+            f"| {name.split('=')[1]} | {r['ap_mean']:.3f} ± {r['ap_std']:.3f} | {r['ap50_mean']:.3f} | {seeds} | "
+            f"{r['train_seconds_mean']:.0f} s |"
+        )
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2, default=str))
+        print(f"wrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
