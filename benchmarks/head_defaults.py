@@ -1,10 +1,12 @@
 """Does a shallower pixel-decoder encoder cost accuracy? Same training budget, encoder depth as the only difference.
 
-The ViT presets default to `encoder_layers=3` deformable-attention layers in the pixel decoder instead of
-Mask2Former's 6 (see `benchmarks/README.md`, "Head defaults"). This script backs that default: it trains
+The small ViT presets (ViT-S/16, ViT-S+/16, ViT-B/16) default to `encoder_layers=3` deformable-attention layers in the
+pixel decoder instead of Mask2Former's 6 (see `benchmarks/README.md`, "Head defaults"). This script backs that default: it trains
 `benchmarks/learning.py`'s "ours-vit" model (small DINOv3 ViT + simple pyramid + Mask2Former head, random init, the
 offline synthetic shapes set) once per depth in `--encoder-layers`, with everything else identical (data, steps,
-batch, optimiser, seeds, head widths), and reports pycocotools mask AP per depth.
+batch, optimiser, seeds, head widths), and reports pycocotools mask AP per depth. `learning.py`'s own settings use
+the 3-layer encoder, so its "ours-vit" runs are this script's `--encoder-layers 3` runs (same settings and seeds;
+single-threaded CPU training is deterministic).
 
     python benchmarks/head_defaults.py --encoder-layers 6 3 --output benchmarks/head_defaults.json
 """

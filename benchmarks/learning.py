@@ -67,14 +67,14 @@ VIT_TAPS = (1, 2, 3, 5)
 class Settings:
     """Everything that defines a run (written to the JSON)."""
 
-    steps: int = 400
+    steps: int = 1500
     seeds: tuple[int, ...] = (0, 1, 2)
     image_size: int = 128
     batch_size: int = 4
-    train_images: int = 600
-    val_images: int = 100
+    train_images: int = 2000
+    val_images: int = 300
     data_seed: int = 0
-    # Fewer and larger shapes than SyntheticConfig's defaults: learnable in a few hundred CPU steps.
+    # Fewer and larger shapes than SyntheticConfig's defaults, so that a CPU-sized budget learns something.
     max_instances: int = 4
     size_probabilities: tuple[float, float, float] = (0.15, 0.45, 0.40)
     lr: float = 1e-4
@@ -88,7 +88,7 @@ class Settings:
     hidden_dim: int = 128
     feature_size: int = 128
     feedforward_dim: int = 512
-    encoder_layers: int = 2
+    encoder_layers: int = 3  # the small ViT presets' pixel-decoder depth
     decoder_layers: int = 4  # Mask2Former builds decoder_layers - 1 masked-attention layers
     num_attention_heads: int = 4
     num_queries: int = 20

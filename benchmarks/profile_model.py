@@ -115,12 +115,12 @@ def instrument(model: torch.nn.Module) -> StageTimer:
     timer.hook_module("backbone", pixel_level.encoder)
     timer.hook_module("adapter", pixel_level.adapter)
     timer.hook_module("pixel decoder", pixel_level.decoder)
-    timer.hook_module("  deformable encoder", pixel_level.decoder.encoder)
+    timer.hook_module("of which: deformable encoder", pixel_level.decoder.encoder)
     timer.hook_module("transformer decoder", model.model.transformer_module)
     criterion = model.criterion
     timer.hook_module("loss (all layers)", criterion)
-    timer.hook_module("  Hungarian matcher", criterion.matcher)
-    timer.wrap_method("  uncertainty point sampling", criterion, "sample_points_using_uncertainty")
+    timer.hook_module("of which: Hungarian matcher", criterion.matcher)
+    timer.wrap_method("of which: uncertainty point sampling", criterion, "sample_points_using_uncertainty")
     return timer
 
 
@@ -200,7 +200,7 @@ INFERENCE_ORDER = [
     "backbone",
     "adapter",
     "pixel decoder",
-    "  deformable encoder",
+    "of which: deformable encoder",
     "transformer decoder",
     "rest (class head, outputs)",
     "total forward",
@@ -209,8 +209,8 @@ INFERENCE_ORDER = [
 TRAINING_ORDER = [
     "forward without loss",
     "loss (all layers)",
-    "  Hungarian matcher",
-    "  uncertainty point sampling",
+    "of which: Hungarian matcher",
+    "of which: uncertainty point sampling",
     "backward",
     "training step",
 ]

@@ -187,12 +187,13 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
     def from_preset(cls, name: str, **overrides) -> "Mask2FormerDINOv3Config":
         """Config for a released DINOv3 backbone, by preset name (`dinov3-vitb16`) or hub id.
 
-        The backbone architecture (and the tapped layers, for ViTs) come from the preset table in
-        `mask2former_dinov3.pretrained`; `overrides` set any other field (`num_labels`, `id2label`, ...).
+        The backbone architecture (the tapped layers, for ViTs, and the head sizing of the small ViTs: a 3-layer
+        pixel-decoder encoder) come from the preset table in `mask2former_dinov3.pretrained`; `overrides` set any
+        other field (`num_labels`, `id2label`, `encoder_layers=6`, ...).
         Weights stay random: use `Mask2FormerDINOv3ForUniversalSegmentation.from_dinov3_pretrained` for pretrained ones.
         """
         preset = get_preset(name)
-        kwargs = {"backbone_config": _preset_backbone_config(preset)}
+        kwargs = {"backbone_config": _preset_backbone_config(preset), **preset.head_kwargs}
         if preset.tapped_layers is not None:
             kwargs["tapped_layers"] = list(preset.tapped_layers)
         kwargs.update(overrides)

@@ -121,7 +121,25 @@ class _ImageRecordAccumulator:
     def _compute_from_records(self, records: list[Any]) -> dict:
         raise NotImplementedError
 
+    def _record(self, gt: Any, pred: Any, index: int) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def _per_image(items: Any, what: str) -> list:
+        return _as_list(items, what)
+
     # -- public API
+    def update(self, ground_truths: Any, predictions: Any, image_ids: Sequence[int | str] | None = None) -> None:
+        """Add images: one ground truth and one prediction per image, in the subclass's format (a single image, a
+        list, or, for semantic maps, a `(B, H, W)` batch). `image_ids` name them; an id seen again replaces its record."""
+        ground_truths = self._per_image(ground_truths, "ground_truths")
+        predictions = self._per_image(predictions, "predictions")
+        if len(ground_truths) != len(predictions):
+            raise ValueError(f"Got {len(ground_truths)} ground truths but {len(predictions)} predictions.")
+        records = [self._record(gt, pred, i) for i, (gt, pred) in enumerate(zip(ground_truths, predictions))]
+        for key, record in zip(self._keys_for(len(records), image_ids), records):
+            self._records[key] = record
+
     @property
     def num_images(self) -> int:
         """Number of images added to this evaluator (locally, before any gathering)."""
@@ -396,21 +414,6 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
     def _config(self) -> dict:
         return {"class_names": self.class_names, "max_detections": self.max_detections}
 
-    def update(
-        self,
-        ground_truths: Mapping | Sequence[Mapping],
-        predictions: Mapping | Sequence[Mapping],
-        image_ids: Sequence[int | str] | None = None,
-    ) -> None:
-        """Add images: one ground-truth dict and one prediction dict per image (or a single dict each)."""
-        ground_truths = _as_list(ground_truths, "ground_truths")
-        predictions = _as_list(predictions, "predictions")
-        if len(ground_truths) != len(predictions):
-            raise ValueError(f"Got {len(ground_truths)} ground truths but {len(predictions)} predictions.")
-        records = [self._record(gt, pred, i) for i, (gt, pred) in enumerate(zip(ground_truths, predictions))]
-        for key, record in zip(self._keys_for(len(records), image_ids), records):
-            self._records[key] = record
-
     def _record(self, gt: Mapping, pred: Mapping, index: int) -> dict:
         for what, item, required in (
             ("ground truth", gt, ("masks", "labels")),
@@ -572,17 +575,9 @@ class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
     def _config(self) -> dict:
         return {"num_classes": self.num_classes, "ignore_index": self.ignore_index, "class_names": self.class_names}
 
-    def update(self, ground_truths: Any, predictions: Any, image_ids: Sequence[int | str] | None = None) -> None:
-        """Add images: ground-truth and predicted class-id maps, `(H, W)` each (or lists / `(B, H, W)` batches)."""
-        gt_maps, pred_maps = self._maps(ground_truths, "ground_truths"), self._maps(predictions, "predictions")
-        if len(gt_maps) != len(pred_maps):
-            raise ValueError(f"Got {len(gt_maps)} ground-truth maps but {len(pred_maps)} predicted maps.")
-        records = [self._record(gt, pred, i) for i, (gt, pred) in enumerate(zip(gt_maps, pred_maps))]
-        for key, record in zip(self._keys_for(len(records), image_ids), records):
-            self._records[key] = record
-
     @staticmethod
-    def _maps(maps: Any, what: str) -> list[np.ndarray]:
+    def _per_image(maps: Any, what: str) -> list[np.ndarray]:
+        """Ground-truth / predicted class-id maps: `(H, W)` each, as a list or a `(B, H, W)` batch."""
         if isinstance(maps, (list, tuple)):
             arrays = [_to_numpy(m) for m in maps]
         else:
@@ -723,21 +718,6 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
 
     def _config(self) -> dict:
         return {"categories": self.categories, "void_id": self.void_id}
-
-    def update(
-        self,
-        ground_truths: Mapping | Sequence[Mapping],
-        predictions: Mapping | Sequence[Mapping],
-        image_ids: Sequence[int | str] | None = None,
-    ) -> None:
-        """Add images: one ground-truth dict and one prediction dict per image (or a single dict each)."""
-        ground_truths = _as_list(ground_truths, "ground_truths")
-        predictions = _as_list(predictions, "predictions")
-        if len(ground_truths) != len(predictions):
-            raise ValueError(f"Got {len(ground_truths)} ground truths but {len(predictions)} predictions.")
-        records = [self._record(gt, pred, i) for i, (gt, pred) in enumerate(zip(ground_truths, predictions))]
-        for key, record in zip(self._keys_for(len(records), image_ids), records):
-            self._records[key] = record
 
     def _segments(self, segments: list[Mapping], what: str, label_keys: tuple[str, ...]) -> dict[int, tuple[int, int]]:
         parsed = {}

@@ -75,6 +75,9 @@ class DINOv3Preset:
     tapped_layers: tuple[int, ...] | None = None  # 0-based ViT blocks; None for ConvNeXt
     image_mean: tuple[float, float, float] = IMAGENET_MEAN
     image_std: tuple[float, float, float] = IMAGENET_STD
+    # Mask2Former head fields sized for this backbone (applied by `from_preset` and `from_dinov3_pretrained` unless the
+    # caller or a loaded head sets them); empty = Mask2Former's own defaults.
+    head_kwargs: dict = field(default_factory=dict)
 
 
 def _vit(name, hub_id, original_filename, hidden, layers, heads, intermediate, gated, tapped, **extra):
@@ -109,16 +112,22 @@ def _convnext(name, hub_id, hidden_sizes, depths):
 
 
 _NO_QV_BIAS = {"query_bias": False, "value_bias": False}
+# Small ViTs: a 3-layer deformable encoder in the pixel decoder instead of Mask2Former's 6 keeps the head cheap next to
+# the backbone; the training comparison behind it is in benchmarks/README.md ("Head defaults").
+_SMALL_VIT_HEAD = {"encoder_layers": 3}
 
 PRESETS: dict[str, DINOv3Preset] = {
     p.name: p
     for p in [
         _vit("dinov3-vits16", "facebook/dinov3-vits16-pretrain-lvd1689m",
-             "dinov3_vits16_pretrain_lvd1689m-08c60483.pth", 384, 12, 6, 1536, False, (2, 5, 8, 11)),
+             "dinov3_vits16_pretrain_lvd1689m-08c60483.pth", 384, 12, 6, 1536, False, (2, 5, 8, 11),
+             head_kwargs=_SMALL_VIT_HEAD),
         _vit("dinov3-vits16plus", "facebook/dinov3-vits16plus-pretrain-lvd1689m",
-             "dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth", 384, 12, 6, 1536, True, (2, 5, 8, 11)),
+             "dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth", 384, 12, 6, 1536, True, (2, 5, 8, 11),
+             head_kwargs=_SMALL_VIT_HEAD),
         _vit("dinov3-vitb16", "facebook/dinov3-vitb16-pretrain-lvd1689m",
-             "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth", 768, 12, 12, 3072, False, (2, 5, 8, 11)),
+             "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth", 768, 12, 12, 3072, False, (2, 5, 8, 11),
+             head_kwargs=_SMALL_VIT_HEAD),
         _vit("dinov3-vitl16", "facebook/dinov3-vitl16-pretrain-lvd1689m",
              "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth", 1024, 24, 16, 4096, False, (4, 11, 17, 23)),
         _vit("dinov3-vitl16-sat493m", "facebook/dinov3-vitl16-pretrain-sat493m",
@@ -790,7 +799,8 @@ def load_dinov3_pretrained(
     _apply_backbone_overrides(final_backbone, backbone_overrides)
 
     head_source = head_config = None
-    kwargs = {}
+    # The preset's head sizing, unless a head checkpoint brings its own architecture or the caller sets it.
+    kwargs = dict(PRESETS[resolved["preset"]].head_kwargs) if resolved["preset"] and head is None else {}
     if head is not None:
         head_source, head_config = _resolve_head(head, hub_kwargs)
         # Decoder shapes (and, unless the caller sets labels, the label set) follow the head, so that its tensors fit.

@@ -1,7 +1,7 @@
 """Mask2FormerDINOv3Config: validation errors, tapped layers, presets against the reference table."""
 
 import pytest
-from transformers import DINOv3ConvNextConfig, DINOv3ViTConfig, ResNetConfig, SwinConfig
+from transformers import DINOv3ConvNextConfig, DINOv3ViTConfig, Mask2FormerConfig, ResNetConfig, SwinConfig
 from transformers import Dinov2Config
 
 from mask2former_dinov3 import PRESETS, Mask2FormerDINOv3Config, default_tapped_layers, get_preset
@@ -154,6 +154,16 @@ def test_convnext_presets_match_the_released_architectures(name):
     sizes, depths = FACTS_CONVNEXT[name]
     convnext = Mask2FormerDINOv3Config.from_preset(name).backbone_config
     assert (convnext.hidden_sizes, convnext.depths) == (sizes, depths)
+
+
+def test_small_vit_presets_size_the_head_and_the_rest_keep_mask2formers():
+    """ViT-S, ViT-S+ and ViT-B get a 3-layer pixel-decoder encoder (benchmarks/README.md, "Head defaults"); larger
+    backbones keep Mask2Former's 6; an override wins."""
+    stock = Mask2FormerConfig().encoder_layers
+    for name in PRESETS:
+        expected = 3 if name in ("dinov3-vits16", "dinov3-vits16plus", "dinov3-vitb16") else stock
+        assert Mask2FormerDINOv3Config.from_preset(name).encoder_layers == expected, name
+    assert Mask2FormerDINOv3Config.from_preset("dinov3-vits16", encoder_layers=6).encoder_layers == 6
 
 
 def test_presets_accept_hub_ids_and_overrides():

@@ -26,7 +26,7 @@ from transformers import (
     SwinModel,
 )
 
-from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation, get_preset
+from mask2former_dinov3 import Mask2FormerDINOv3Config, Mask2FormerDINOv3ForUniversalSegmentation, get_preset
 from mask2former_dinov3.pretrained import (
     DINOv3CheckpointError,
     architecture,
@@ -501,3 +501,22 @@ def test_conversion_cli_round_trip(ckpts, tmp_path):
     truncated = tmp_path / "bad.pth"
     truncated.write_bytes(b"not a checkpoint")
     assert main([str(truncated), str(tmp_path / "x")]) == 1
+
+
+def test_preset_head_sizing_follows_the_matched_backbone(ckpts, tmp_path):
+    """A ViT-S/16 checkpoint (matched to its preset by architecture) gets the preset's 3-layer pixel-decoder encoder,
+    unless the caller sets the depth; a checkpoint matching no preset keeps Mask2Former's 6."""
+    vits = DINOv3ViTModel(Mask2FormerDINOv3Config.from_preset("dinov3-vits16").backbone_config)
+    vits.save_pretrained(tmp_path / "vits16")
+    del vits
+    small_head = {k: v for k, v in TINY_KWARGS.items() if k != "encoder_layers"}
+    model, info = M2F.from_dinov3_pretrained(tmp_path / "vits16", output_loading_info=True, **small_head)
+    assert info["backbone_preset"] == "dinov3-vits16"
+    assert model.config.encoder_layers == get_preset("dinov3-vits16").head_kwargs["encoder_layers"] == 3
+    assert len(model.model.pixel_level_module.decoder.encoder.layers) == 3
+    model = M2F.from_dinov3_pretrained(tmp_path / "vits16", **{**small_head, "encoder_layers": 6})
+    assert model.config.encoder_layers == 6
+
+    model, info = M2F.from_dinov3_pretrained(ckpts["vit"][0], output_loading_info=True, **small_head)
+    assert info["backbone_preset"] is None
+    assert model.config.encoder_layers == Mask2FormerConfig().encoder_layers == 6
