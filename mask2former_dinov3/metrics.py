@@ -372,6 +372,20 @@ def instance_prediction_from_post_processed(result: Mapping, image_size: tuple[i
     return {"masks": masks, "labels": labels, "scores": scores}
 
 
+def _coco_annotation(annotation_id: int, image_id: int, label: int, rle: dict, iscrowd: int = 0, **extra) -> dict:
+    """One COCO mask annotation (ground truth, or a detection when `score` is passed) for pycocotools."""
+    return {
+        "id": annotation_id,
+        "image_id": image_id,
+        "category_id": label,
+        "segmentation": dict(rle),
+        "area": float(mask_utils.area(rle)),
+        "bbox": mask_utils.toBbox(rle).tolist(),
+        "iscrowd": iscrowd,
+        **extra,
+    }
+
+
 class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
     """COCO mask AP (pycocotools `COCOeval`, `iouType="segm"`), accumulated image by image.
 
@@ -470,30 +484,9 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
             images.append({"id": image_id, "height": height, "width": width})
             # Annotation ids start at 1: COCOeval stores matched ids in arrays where 0 means "unmatched".
             for rle, label, iscrowd in record["gt"]:
-                gt_annotations.append(
-                    {
-                        "id": len(gt_annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": label,
-                        "segmentation": dict(rle),
-                        "area": float(mask_utils.area(rle)),
-                        "bbox": mask_utils.toBbox(rle).tolist(),
-                        "iscrowd": iscrowd,
-                    }
-                )
+                gt_annotations.append(_coco_annotation(len(gt_annotations) + 1, image_id, label, rle, iscrowd=iscrowd))
             for rle, label, score in record["pred"]:
-                dt_annotations.append(
-                    {
-                        "id": len(dt_annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": label,
-                        "segmentation": dict(rle),
-                        "area": float(mask_utils.area(rle)),
-                        "bbox": mask_utils.toBbox(rle).tolist(),
-                        "iscrowd": 0,
-                        "score": score,
-                    }
-                )
+                dt_annotations.append(_coco_annotation(len(dt_annotations) + 1, image_id, label, rle, score=score))
         categories = [{"id": c, "name": str(c)} for c in category_ids]
         result = {"map_per_class": {}}
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
