@@ -147,6 +147,11 @@ def _eomt_vits16(masked_inference: bool) -> Callable[[int], torch.nn.Module]:
 
 MODELS: dict[str, tuple[str, Callable[[int], torch.nn.Module], str]] = {
     "ours-vits16": ("Mask2FormerDINOv3, preset dinov3-vits16 (its defaults)", _ours("dinov3-vits16"), "segmentation"),
+    "ours-vits16-plain-pyramid": (
+        "Mask2FormerDINOv3 dinov3-vits16 without the adapter's spatial prior (adapter_spatial_prior=False)",
+        _ours("dinov3-vits16", adapter_spatial_prior=False),
+        "segmentation",
+    ),
     "ours-vits16-stock-head": (
         "Mask2FormerDINOv3 dinov3-vits16 with Mask2Former's 6-layer pixel decoder",
         _ours("dinov3-vits16", **STOCK_HEAD),
@@ -172,6 +177,11 @@ MODELS: dict[str, tuple[str, Callable[[int], torch.nn.Module], str]] = {
     ),
     "backbone-vits16": ("DINOv3 ViT-S/16 backbone alone (4 taps)", _backbone("dinov3-vits16"), "backbone"),
     "ours-vitb16": ("Mask2FormerDINOv3, preset dinov3-vitb16 (its defaults)", _ours("dinov3-vitb16"), "segmentation"),
+    "ours-vitb16-plain-pyramid": (
+        "Mask2FormerDINOv3 dinov3-vitb16 without the adapter's spatial prior (adapter_spatial_prior=False)",
+        _ours("dinov3-vitb16", adapter_spatial_prior=False),
+        "segmentation",
+    ),
     "ours-vitb16-stock-head": (
         "Mask2FormerDINOv3 dinov3-vitb16 with Mask2Former's 6-layer pixel decoder",
         _ours("dinov3-vitb16", **STOCK_HEAD),
@@ -189,7 +199,7 @@ DEFAULT_MODELS = list(MODELS)
 HEAD_COST_PAIRS = [
     (f"ours-{vit}{variant}", f"backbone-{vit}")
     for vit in ("vits16", "vitb16")
-    for variant in ("", "-stock-head", "-unoptimised")
+    for variant in ("", "-plain-pyramid", "-stock-head", "-unoptimised")
 ]
 
 

@@ -2,11 +2,13 @@
 
 The small ViT presets (ViT-S/16, ViT-S+/16, ViT-B/16) default to `encoder_layers=3` deformable-attention layers in the
 pixel decoder instead of Mask2Former's 6 (see `benchmarks/README.md`, "Head defaults"). This script backs that default: it trains
-`benchmarks/learning.py`'s "ours-vit" model (small DINOv3 ViT + simple pyramid + Mask2Former head, random init, the
+one of `benchmarks/learning.py`'s ViT models (small DINOv3 ViT + simple pyramid + Mask2Former head, random init, the
 offline synthetic shapes set) once per depth in `--encoder-layers`, with everything else identical (data, steps,
-batch, optimiser, seeds, head widths), and reports pycocotools mask AP per depth. `learning.py`'s own settings use
-the 3-layer encoder, so its "ours-vit" runs are this script's `--encoder-layers 3` runs (same settings and seeds;
-single-threaded CPU training is deterministic).
+batch, optimiser, seeds, head widths), and reports pycocotools mask AP per depth. The reported comparison was
+measured before the adapter had its spatial prior, so `--model` defaults to "ours-vit-plain" (the plain simple
+pyramid, which is what "ours-vit" was then); `--model ours-vit` repeats it with the spatial prior. `learning.py`'s own
+settings use the 3-layer encoder, so its runs of the same model are this script's `--encoder-layers 3` runs (same
+settings and seeds; single-threaded CPU training is deterministic).
 
     python benchmarks/head_defaults.py --encoder-layers 6 3 --output benchmarks/head_defaults.json
 """
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
     parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--model", default="ours-vit-plain", choices=["ours-vit-plain", "ours-vit"])
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
 
@@ -42,8 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
             defaults, steps=args.steps, seeds=tuple(args.seeds), workers=args.workers, encoder_layers=depth
         )
         print(f"--- encoder_layers={depth}", flush=True)
-        summary = learning.run(settings, ["ours-vit"], workers=args.workers, log=lambda m: print(m, flush=True))
-        results[f"encoder_layers={depth}"] = {"settings": dataclasses.asdict(settings), **summary["ours-vit"]}
+        summary = learning.run(settings, [args.model], workers=args.workers, log=lambda m: print(m, flush=True))
+        results[f"encoder_layers={depth}"] = {
+            "model": args.model, "settings": dataclasses.asdict(settings), **summary[args.model]
+        }
 
     print("\n| pixel-decoder encoder layers | mask AP (mean ± std) | AP50 | per-seed AP | train time / seed |")
     print("|---|---|---|---|---|")

@@ -2,11 +2,16 @@
 
 Models (same Mask2Former head hyper-parameters, same data, steps, batch, optimiser and seeds):
 
-    ours-vit            Mask2FormerDINOv3 + small DINOv3 ViT (simple-pyramid adapter: strides 4/8/16/32)
+    ours-vit            Mask2FormerDINOv3 + small DINOv3 ViT (simple-pyramid adapter with its spatial prior, the
+                        default: strides 4/8/16/32)
     ours-convnext       Mask2FormerDINOv3 + small DINOv3 ConvNeXt (identity adapter)
     upstream-convnext   transformers' Mask2Former with the same ConvNeXt as `backbone_config` (runs, with a warning)
     upstream-vit        transformers' Mask2Former with the same ViT as `backbone_config`: every map is stride 16,
                         so masks come out at 1/16 of the input (the "naive" path)
+
+Ablation (not in the default run; `--models ours-vit-plain`):
+
+    ours-vit-plain      ours-vit with `adapter_spatial_prior=False`: the plain ViTDet simple pyramid
 
 Data: the deterministic synthetic shapes set of `mask2former_dinov3.synthetic` (4 thing classes, overlapping
 instances, small/medium/large sizes, empty images). Metric: pycocotools mask AP on the validation split, through
@@ -57,6 +62,7 @@ from mask2former_dinov3.synthetic import THING_CLASSES, SyntheticConfig, generat
 
 
 MODELS = ("ours-vit", "ours-convnext", "upstream-convnext", "upstream-vit")
+ABLATIONS = ("ours-vit-plain",)
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 # 6-block ViT: four even intervals, as default_tapped_layers gives (0-based blocks 1, 2, 3, 5).
@@ -154,9 +160,12 @@ def build_model(name: str, settings: Settings) -> torch.nn.Module:
     """A freshly initialised model (the caller seeds torch first)."""
     head = head_kwargs(settings)
     stages = ["stage1", "stage2", "stage3", "stage4"]
-    if name == "ours-vit":
+    if name in ("ours-vit", "ours-vit-plain"):
         config = Mask2FormerDINOv3Config(
-            backbone_config=vit_config(settings), tapped_layers=list(settings.vit_taps), **head
+            backbone_config=vit_config(settings),
+            tapped_layers=list(settings.vit_taps),
+            adapter_spatial_prior=name == "ours-vit",
+            **head,
         )
         return Mask2FormerDINOv3ForUniversalSegmentation(config)
     if name == "ours-convnext":
@@ -172,7 +181,7 @@ def build_model(name: str, settings: Settings) -> torch.nn.Module:
             taps = settings.vit_taps if len(settings.vit_taps) == 4 else VIT_TAPS
             config = Mask2FormerConfig(backbone_config=vit_config(settings, out_indices=[t + 1 for t in taps]), **head)
         else:
-            raise ValueError(f"Unknown model {name!r}; choose from {', '.join(MODELS)}.")
+            raise ValueError(f"Unknown model {name!r}; choose from {', '.join(MODELS + ABLATIONS)}.")
         return Mask2FormerForUniversalSegmentation(config)
 
 
@@ -447,7 +456,7 @@ def parse_args(argv=None) -> tuple[Settings, list[str], argparse.Namespace]:
     )
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads per run")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="runs trained side by side")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + ABLATIONS)
     parser.add_argument("--quick", action="store_true", help="smoke test: 64 px, 3 steps, 1 seed, tiny data, 1 worker")
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)

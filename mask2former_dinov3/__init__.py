@@ -20,6 +20,7 @@ from .modeling_mask2former_dinov3 import (
     Mask2FormerDINOv3ForUniversalSegmentation,
     Mask2FormerDINOv3Model,
     Mask2FormerDINOv3PreTrainedModel,
+    Mask2FormerDINOv3SpatialPrior,
     Mask2FormerDINOv3ViTAdapter,
 )
 from .pretrained import PRESETS, DINOv3CheckpointError, DINOv3Preset, get_preset
@@ -60,6 +61,7 @@ __all__ = [
     "Mask2FormerDINOv3ImageProcessor",
     "Mask2FormerDINOv3Model",
     "Mask2FormerDINOv3PreTrainedModel",
+    "Mask2FormerDINOv3SpatialPrior",
     "Mask2FormerDINOv3ViTAdapter",
     "PRESETS",
     "default_tapped_layers",

@@ -58,6 +58,13 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
     adapter_norm (`str`, *optional*, defaults to `"layer_norm"`):
         Normalisation after the adapter's convolutions: `"layer_norm"` (channel-wise, as ViTDet), `"group_norm"`
         (32 groups) or `"none"`.
+    adapter_spatial_prior (`bool`, *optional*):
+        ViT only: add a small convolutional stem on the pixels (ViT-Adapter's "spatial prior", as in Meta's DINOv3
+        segmentation head) to the adapter's stride-4 and stride-8 maps, which patch-16 tokens alone describe only
+        coarsely. Defaults to `True` for a ViT and `False` for a ConvNeXt (whose own stages are already at strides
+        4 and 8); `True` with a ConvNeXt raises a `ValueError`.
+    adapter_spatial_prior_channels (`int`, *optional*, defaults to 64):
+        Width of the spatial-prior stem at stride 4 (half of it at stride 2, twice it at stride 8).
     freeze_backbone (`bool`, *optional*, defaults to `False`):
         Leave the DINOv3 backbone without gradients (it is then run under `torch.no_grad()`).
     backbone_checkpoint (`str`, *optional*):
@@ -79,6 +86,8 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
     tapped_layers: list[int] | None = None
     adapter_channels: list[int] | None = None
     adapter_norm: str = "layer_norm"
+    adapter_spatial_prior: bool | None = None
+    adapter_spatial_prior_channels: int = 64
     freeze_backbone: bool = False
     backbone_checkpoint: str | None = None
 
@@ -129,10 +138,29 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
                     f"adapter_norm='group_norm' needs adapter channels divisible by 32, got {bad}; set "
                     f"`adapter_channels` or use adapter_norm='layer_norm'."
                 )
+        self._check_spatial_prior(backbone_type)
         if backbone_type == VIT_TYPE:
             self._align_vit_taps()
         else:
             self._align_convnext_stages()
+
+    def _check_spatial_prior(self, backbone_type: str):
+        if self.adapter_spatial_prior is None:
+            self.adapter_spatial_prior = backbone_type == VIT_TYPE
+        if self.adapter_spatial_prior and backbone_type != VIT_TYPE:
+            raise ValueError(
+                "adapter_spatial_prior=True is for ViT backbones: a DINOv3 ConvNeXt's own stages are already at "
+                "strides 4 and 8. Remove `adapter_spatial_prior` (or pass False)."
+            )
+        width = self.adapter_spatial_prior_channels
+        if self.adapter_spatial_prior:
+            step = 64 if self.adapter_norm == "group_norm" else 2
+            if width < step or width % step:
+                raise ValueError(
+                    f"adapter_spatial_prior_channels={width} must be a positive multiple of {step}"
+                    + (" (its half-width stem layer uses GroupNorm with 32 groups)" if step == 64 else "")
+                    + "; the default is 64."
+                )
 
     def _align_vit_taps(self):
         vit = self.backbone_config

@@ -85,23 +85,69 @@ def _projection(in_channels: int, out_channels: int, norm: str) -> nn.Sequential
     )
 
 
+class Mask2FormerDINOv3SpatialPrior(nn.Module):
+    """Convolutional stem on the pixels that gives the ViT adapter fine detail at strides 4 and 8.
+
+    Patch-16 tokens describe each 16x16 patch with one vector, so maps upsampled from them are coarse; this stem (the
+    "spatial prior" of ViT-Adapter, which Meta's DINOv3 segmentation head uses) sees the pixels directly. Three 3x3
+    convolutions (strides 2, 2, 1) reach stride 4, a fourth (stride 2) reaches stride 8; each is followed by the
+    norm and GELU, and a 1x1 convolution + norm projects both maps to the adapter's channels, to which they are added.
+
+    Args:
+        out_channels: channels of the stride-4 and stride-8 maps it returns.
+        width: stem width at stride 4 (half of it at stride 2, twice it at stride 8).
+        norm: "layer_norm", "group_norm" or "none".
+        in_channels: image channels.
+    """
+
+    def __init__(self, *, out_channels: Sequence[int], width: int = 64, norm: str = "layer_norm", in_channels: int = 3):
+        super().__init__()
+        if len(out_channels) != 2:
+            raise ValueError(f"out_channels must give 2 channel counts (strides 4 and 8), got {out_channels}.")
+
+        def conv_block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+            # No bias: every convolution is followed by a norm (or, with norm="none", by another convolution).
+            return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), _build_norm(norm, c_out), nn.GELU()]
+
+        self.stem = nn.Sequential(
+            *conv_block(in_channels, width // 2, 2), *conv_block(width // 2, width, 2), *conv_block(width, width, 1)
+        )
+        self.downsample = nn.Sequential(*conv_block(width, 2 * width, 2))
+        self.projections = nn.ModuleList([_projection(width, out_channels[0], norm), _projection(2 * width, out_channels[1], norm)])
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stride4 = self.stem(pixel_values)
+        stride8 = self.downsample(stride4)
+        return self.projections[0](stride4), self.projections[1](stride8)
+
+
 class Mask2FormerDINOv3ViTAdapter(nn.Module):
     """ViTDet-style simple feature pyramid: stride-16 ViT tokens -> maps at strides 4, 8, 16 and 32.
 
     Level k takes tapped layer k (or the single tapped layer for all levels) and resamples it: two 2x transposed
     convolutions (x4), one (x2), identity (x1) or 2x2 max-pooling (x0.5); a 1x1 convolution + norm then projects
-    each level to `out_channels[k]`.
+    each level to `out_channels[k]`. With `spatial_prior_channels`, a `Mask2FormerDINOv3SpatialPrior` stem on the
+    pixels is added to the stride-4 and stride-8 levels.
 
     Args:
         embed_dim: width of the ViT tokens.
         out_channels: channels of the four output maps, finest first.
         num_inputs: 4 (one tapped layer per level) or 1 (every level from the same layer).
         norm: "layer_norm", "group_norm" or "none".
+        spatial_prior_channels: width of the spatial-prior stem; `None` builds none (a plain simple pyramid).
     """
 
     feature_strides = ADAPTER_FEATURE_STRIDES
 
-    def __init__(self, *, embed_dim: int, out_channels: Sequence[int], num_inputs: int = 4, norm: str = "layer_norm"):
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        out_channels: Sequence[int],
+        num_inputs: int = 4,
+        norm: str = "layer_norm",
+        spatial_prior_channels: int | None = None,
+    ):
         super().__init__()
         if num_inputs not in (1, 4):
             raise ValueError(f"num_inputs must be 1 or 4 tapped layers, got {num_inputs}.")
@@ -127,14 +173,28 @@ class Mask2FormerDINOv3ViTAdapter(nn.Module):
         self.projections = nn.ModuleList(
             [_projection(c_in, c_out, norm) for c_in, c_out in zip(resampled_channels, self.out_channels)]
         )
+        self.spatial_prior = (
+            None
+            if spatial_prior_channels is None
+            else Mask2FormerDINOv3SpatialPrior(
+                out_channels=self.out_channels[:2], width=spatial_prior_channels, norm=norm
+            )
+        )
 
-    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, features: Sequence[torch.Tensor], pixel_values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         if len(features) != self.num_inputs:
             raise ValueError(f"Expected {self.num_inputs} ViT feature maps, got {len(features)}.")
         inputs = list(features) * 4 if self.num_inputs == 1 else list(features)
-        return tuple(
-            project(resample(x)) for x, resample, project in zip(inputs, self.resample, self.projections)
-        )
+        levels = [project(resample(x)) for x, resample, project in zip(inputs, self.resample, self.projections)]
+        if self.spatial_prior is not None:
+            if pixel_values is None:
+                raise ValueError("This ViT adapter has a spatial prior: pass `pixel_values` along with the features.")
+            prior4, prior8 = self.spatial_prior(pixel_values)
+            levels[0] = levels[0] + prior4
+            levels[1] = levels[1] + prior8
+        return tuple(levels)
 
 
 class Mask2FormerDINOv3ConvNextAdapter(nn.Module):
@@ -163,7 +223,10 @@ class Mask2FormerDINOv3ConvNextAdapter(nn.Module):
                 [_projection(c_in, c_out, norm) for c_in, c_out in zip(in_channels, out_channels)]
             )
 
-    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, features: Sequence[torch.Tensor], pixel_values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        # `pixel_values` is accepted (and unused) so that both adapters are called the same way.
         return tuple(project(x) for x, project in zip(features, self.projections))
 
 
@@ -175,6 +238,7 @@ def build_adapter(config: Mask2FormerDINOv3Config, backbone_channels: Sequence[i
             out_channels=config.adapter_output_channels,
             num_inputs=len(config.tapped_layers),
             norm=config.adapter_norm,
+            spatial_prior_channels=config.adapter_spatial_prior_channels if config.adapter_spatial_prior else None,
         )
     return Mask2FormerDINOv3ConvNextAdapter(
         in_channels=backbone_channels, out_channels=config.adapter_channels, norm=config.adapter_norm
@@ -1004,7 +1068,8 @@ class Mask2FormerDINOv3PixelLevelModule(Mask2FormerPixelLevelModule):
         # A frozen backbone keeps no activations for backward.
         with torch.no_grad() if self.freeze_backbone else contextlib.nullcontext():
             backbone_features = self.encoder(pixel_values).feature_maps
-        decoder_output = self.decoder(self.adapter(backbone_features), output_hidden_states=output_hidden_states)
+        pyramid = self.adapter(backbone_features, pixel_values)
+        decoder_output = self.decoder(pyramid, output_hidden_states=output_hidden_states)
         return Mask2FormerPixelLevelModuleOutput(
             encoder_last_hidden_state=backbone_features[-1],
             encoder_hidden_states=tuple(backbone_features) if output_hidden_states else None,
@@ -1476,4 +1541,5 @@ __all__ = [
     "Mask2FormerDINOv3PixelLevelModule",
     "Mask2FormerDINOv3PreTrainedModel",
     "Mask2FormerDINOv3ViTAdapter",
+    "Mask2FormerDINOv3SpatialPrior",
 ]

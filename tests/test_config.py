@@ -103,6 +103,20 @@ def test_bad_adapter_settings():
         tiny_config(adapter_channels=[32, 32])
 
 
+def test_spatial_prior_is_on_for_vit_off_for_convnext_and_validated():
+    assert tiny_config("vit").adapter_spatial_prior is True
+    assert tiny_config("vit", adapter_spatial_prior=False).adapter_spatial_prior is False
+    assert tiny_config("convnext").adapter_spatial_prior is False
+    with pytest.raises(ValueError, match="adapter_spatial_prior=True is for ViT backbones.*Remove"):
+        tiny_config("convnext", adapter_spatial_prior=True)
+    with pytest.raises(ValueError, match="adapter_spatial_prior_channels=0 must be a positive multiple of 2"):
+        tiny_config("vit", adapter_spatial_prior_channels=0)
+    with pytest.raises(ValueError, match="adapter_spatial_prior_channels=96 must be a positive multiple of 64"):
+        tiny_config("vit", adapter_norm="group_norm", adapter_spatial_prior_channels=96)
+    # Without a spatial prior its width is never used, so it is not checked.
+    assert tiny_config("vit", adapter_spatial_prior=False, adapter_spatial_prior_channels=3).adapter_spatial_prior is False
+
+
 def test_round_trip_through_dict_and_disk(tmp_path):
     config = tiny_config(tapped_layers=[0, 1, 2, 3], adapter_channels=[32, 64, 64, 32], freeze_backbone=True)
     config.save_pretrained(tmp_path)

@@ -51,3 +51,15 @@ def test_quick_learning_benchmark_reports_four_models(tmp_path):
         "ours-vit > upstream-vit (naive)",
         "ours-vit >= upstream-convnext",
     }
+
+
+def test_plain_pyramid_ablation_is_ours_vit_without_the_spatial_prior():
+    sys.path.insert(0, REPO_ROOT)
+    from benchmarks import learning
+
+    settings = learning.Settings(image_size=64)
+    ours, plain = (learning.build_model(name, settings) for name in ("ours-vit", "ours-vit-plain"))
+    assert ours.model.pixel_level_module.adapter.spatial_prior is not None
+    assert plain.model.pixel_level_module.adapter.spatial_prior is None
+    assert set(plain.state_dict()) == {k for k in ours.state_dict() if ".spatial_prior." not in k}
+    assert "ours-vit-plain" not in learning.MODELS  # an ablation, not part of the default comparison

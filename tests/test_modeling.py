@@ -11,6 +11,7 @@ from mask2former_dinov3 import (
     Mask2FormerDINOv3ConvNextAdapter,
     Mask2FormerDINOv3ForUniversalSegmentation,
     Mask2FormerDINOv3Model,
+    Mask2FormerDINOv3SpatialPrior,
     Mask2FormerDINOv3ViTAdapter,
 )
 from tiny_configs import tiny_backbone_config, tiny_config
@@ -55,7 +56,7 @@ def test_training_step_reaches_backbone_adapter_and_decoder(backbone):
         "model.pixel_level_module.decoder.",
         "model.transformer_module.decoder.",
         "class_predictor.",
-    ):
+    ) + (("model.pixel_level_module.adapter.spatial_prior.",) if backbone == "vit" else ()):
         total, count = grad_norm(model, prefix)
         assert count > 0 and total > 0, f"no gradient reached {prefix}"
 
@@ -180,6 +181,39 @@ def test_adapters_are_usable_without_the_config():
     assert all(a is b for a, b in zip(convnext_adapter(stages), stages))  # identity by default
     with pytest.raises(TypeError):
         Mask2FormerDINOv3ViTAdapter(32, [8, 16, 24, 40])  # keyword-only
+
+
+def test_spatial_prior_adds_pixel_detail_to_the_two_finest_levels():
+    torch.manual_seed(0)
+    prior = Mask2FormerDINOv3SpatialPrior(out_channels=[8, 16], width=16)
+    pixels = torch.randn(2, 3, 64, 96)
+    stride4, stride8 = prior(pixels)
+    assert tuple(stride4.shape) == (2, 8, 16, 24) and tuple(stride8.shape) == (2, 16, 8, 12)
+
+    plain = Mask2FormerDINOv3ViTAdapter(embed_dim=32, out_channels=[8, 16, 24, 40])
+    with_prior = Mask2FormerDINOv3ViTAdapter(embed_dim=32, out_channels=[8, 16, 24, 40], spatial_prior_channels=16)
+    missing, unexpected = with_prior.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("spatial_prior.") for k in missing)
+    with_prior.spatial_prior.load_state_dict(prior.state_dict())
+    features = [torch.randn(2, 32, 4, 6) for _ in range(4)]
+    expected = plain(features)
+    got = with_prior(features, pixels)
+    torch.testing.assert_close(got[0], expected[0] + stride4)
+    torch.testing.assert_close(got[1], expected[1] + stride8)
+    torch.testing.assert_close(got[2], expected[2])
+    torch.testing.assert_close(got[3], expected[3])
+    with pytest.raises(ValueError, match="pass `pixel_values`"):
+        with_prior(features)
+
+
+def test_spatial_prior_can_be_switched_off():
+    on = Mask2FormerDINOv3ForUniversalSegmentation(tiny_config("vit"))
+    off = Mask2FormerDINOv3ForUniversalSegmentation(tiny_config("vit", adapter_spatial_prior=False))
+    assert isinstance(on.model.pixel_level_module.adapter.spatial_prior, Mask2FormerDINOv3SpatialPrior)
+    assert off.model.pixel_level_module.adapter.spatial_prior is None
+    assert not any(".spatial_prior." in name for name, _ in off.named_parameters())
+    with torch.no_grad():
+        assert off.eval()(torch.randn(1, 3, 64, 64)).masks_queries_logits.shape[-2:] == (16, 16)
 
 
 # --- initialisation: what upstream Mask2Former gets, for the same decoder settings and seed -------------------------

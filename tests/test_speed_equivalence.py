@@ -160,8 +160,9 @@ def _pixel_decoder_pair(backbone="vit"):
     upstream = Mask2FormerPixelDecoder(model.config, feature_channels=channels)
     upstream.load_state_dict(ours.state_dict())
     assert isinstance(ours, Mask2FormerDINOv3PixelDecoder)
+    pixel_values = torch.randn(2, 3, 64, 96)
     features = model.model.pixel_level_module.adapter(
-        model.model.pixel_level_module.encoder(torch.randn(2, 3, 64, 96)).feature_maps
+        model.model.pixel_level_module.encoder(pixel_values).feature_maps, pixel_values
     )
     return ours, upstream, [f.detach() for f in features]
 
