@@ -133,6 +133,13 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
             )
         if self.adapter_norm == "group_norm":
             bad = [c for c in self.adapter_output_channels if c % 32]
+            # The ViT adapter also normalises its half-width transposed-convolution output.
+            if backbone_type == VIT_TYPE and (self.backbone_config.hidden_size // 2) % 32:
+                raise ValueError(
+                    f"adapter_norm='group_norm' needs a ViT hidden_size divisible by 64 (the adapter normalises "
+                    f"hidden_size // 2 channels in 32 groups), got {self.backbone_config.hidden_size}; use "
+                    f"adapter_norm='layer_norm'."
+                )
             if bad:
                 raise ValueError(
                     f"adapter_norm='group_norm' needs adapter channels divisible by 32, got {bad}; set "

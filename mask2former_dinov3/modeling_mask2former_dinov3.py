@@ -106,14 +106,17 @@ class Mask2FormerDINOv3SpatialPrior(nn.Module):
             raise ValueError(f"out_channels must give 2 channel counts (strides 4 and 8), got {out_channels}.")
 
         def conv_block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
-            # No bias: every convolution is followed by a norm (or, with norm="none", by another convolution).
-            return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), _build_norm(norm, c_out), nn.GELU()]
+            # A bias only where no norm follows to cancel it.
+            conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=norm == "none")
+            return [conv, _build_norm(norm, c_out), nn.GELU()]
 
         self.stem = nn.Sequential(
             *conv_block(in_channels, width // 2, 2), *conv_block(width // 2, width, 2), *conv_block(width, width, 1)
         )
         self.downsample = nn.Sequential(*conv_block(width, 2 * width, 2))
-        self.projections = nn.ModuleList([_projection(width, out_channels[0], norm), _projection(2 * width, out_channels[1], norm)])
+        self.projections = nn.ModuleList(
+            [_projection(width, out_channels[0], norm), _projection(2 * width, out_channels[1], norm)]
+        )
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stride4 = self.stem(pixel_values)

@@ -112,7 +112,14 @@ def test_spatial_prior_is_on_for_vit_off_for_convnext_and_validated():
     with pytest.raises(ValueError, match="adapter_spatial_prior_channels=0 must be a positive multiple of 2"):
         tiny_config("vit", adapter_spatial_prior_channels=0)
     with pytest.raises(ValueError, match="adapter_spatial_prior_channels=96 must be a positive multiple of 64"):
-        tiny_config("vit", adapter_norm="group_norm", adapter_spatial_prior_channels=96)
+        tiny_config(
+            "vit",
+            backbone_config=tiny_backbone_config("vit", hidden_size=64),
+            adapter_norm="group_norm",
+            adapter_spatial_prior_channels=96,
+        )
+    with pytest.raises(ValueError, match="group_norm' needs a ViT hidden_size divisible by 64.*got 32"):
+        tiny_config("vit", adapter_norm="group_norm")
     # Without a spatial prior its width is never used, so it is not checked.
     assert tiny_config("vit", adapter_spatial_prior=False, adapter_spatial_prior_channels=3).adapter_spatial_prior is False
 

@@ -206,6 +206,24 @@ def test_spatial_prior_adds_pixel_detail_to_the_two_finest_levels():
         with_prior(features)
 
 
+@pytest.mark.parametrize("norm", ["group_norm", "none"])
+def test_every_adapter_norm_trains_with_the_spatial_prior(norm):
+    torch.manual_seed(0)
+    vit = tiny_backbone_config("vit", hidden_size=64)  # group_norm needs hidden_size // 2 in groups of 32
+    model = Mask2FormerDINOv3ForUniversalSegmentation(
+        tiny_config("vit", backbone_config=vit, adapter_norm=norm)
+    ).train()
+    prior = model.model.pixel_level_module.adapter.spatial_prior
+    norms = [m for m in prior.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
+    convs = [m for m in prior.modules() if isinstance(m, nn.Conv2d)]
+    # With no norm after them, the convolutions need their own bias; a norm would cancel it.
+    assert (len(norms) == 0) == (norm == "none") and all((c.bias is not None) == (norm == "none") for c in convs)
+    masks, classes = make_labels(64, 64)
+    out = model(torch.randn(1, 3, 64, 64), mask_labels=[masks], class_labels=[classes])
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and grad_norm(model, "model.pixel_level_module.adapter.spatial_prior.")[0] > 0
+
+
 def test_spatial_prior_can_be_switched_off():
     on = Mask2FormerDINOv3ForUniversalSegmentation(tiny_config("vit"))
     off = Mask2FormerDINOv3ForUniversalSegmentation(tiny_config("vit", adapter_spatial_prior=False))
