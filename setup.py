@@ -8,7 +8,7 @@ TEST = TRAIN + ["pytest>=8", "parameterized>=0.9"]
 
 setup(
     name="mask2former-dinov3",
-    version="0.1.0",
+    version="0.2.0",
     description="DINOv3 backbones (ViT and ConvNeXt) for Mask2Former in Hugging Face Transformers",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -26,7 +26,7 @@ from .modeling_mask2former_dinov3 import (
 from .pretrained import PRESETS, DINOv3CheckpointError, DINOv3Preset, get_preset
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _register() -> None:

@@ -209,6 +209,17 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
             )
         convnext.set_output_features_output_indices(out_features=["stage1", "stage2", "stage3", "stage4"], out_indices=None)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """`PreTrainedConfig.from_dict`, reading configs saved before the adapter had a spatial prior as they were.
+
+        Such a config (serialised: it carries `transformers_version`) has no `adapter_spatial_prior` key, and its
+        weights are a plain pyramid's; the ViT default would otherwise add an untrained spatial prior to them.
+        """
+        if "transformers_version" in config_dict and "adapter_spatial_prior" not in config_dict:
+            config_dict = {**config_dict, "adapter_spatial_prior": False}
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def adapter_output_channels(self) -> list[int]:
         """Channels of the four maps (strides 4, 8, 16, 32) that the adapter gives the pixel decoder."""

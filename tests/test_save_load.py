@@ -89,6 +89,26 @@ def run_fresh(code):
     return result.stdout
 
 
+def test_checkpoint_saved_before_the_spatial_prior_reloads_as_it_was(tmp_path):
+    torch.manual_seed(0)
+    model = Mask2FormerDINOv3ForUniversalSegmentation(tiny_config("vit", adapter_spatial_prior=False)).eval()
+    model.save_pretrained(tmp_path)
+    # What version 0.1 wrote: no `adapter_spatial_prior` key (its ViT adapter was the plain pyramid).
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["adapter_spatial_prior"], config["adapter_spatial_prior_channels"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded, info = AutoModelForUniversalSegmentation.from_pretrained(tmp_path, output_loading_info=True)
+    assert reloaded.config.adapter_spatial_prior is False and not info["missing_keys"]
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(pixel_values).masks_queries_logits, model(pixel_values).masks_queries_logits)
+    # A config written today states the field, and a fresh config (not serialised) gets the ViT default.
+    assert json.loads((tmp_path / "config.json").read_text()).get("adapter_spatial_prior") is None
+    reloaded.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["adapter_spatial_prior"] is False
+    assert type(reloaded.config).from_dict({"backbone_config": {"hidden_size": 32}}).adapter_spatial_prior is True
+
+
 def test_fresh_process_after_importing_the_package(saved):
     stdout = run_fresh(FRESH_PROCESS.format(import_package=True, directory=str(saved[0])))
     assert "MODEL mask2former_dinov3.modeling_mask2former_dinov3 Mask2FormerDINOv3ForUniversalSegmentation" in stdout
