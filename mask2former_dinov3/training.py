@@ -484,7 +484,7 @@ def write_model_card(
     backbone = config.backbone_config
     backbone_desc = (
         f"DINOv3 ViT ({backbone.num_hidden_layers} blocks, width {backbone.hidden_size}, tapped blocks "
-        f"{config.tapped_layers})"
+        f"{config.tapped_layers}; adapter {'with' if config.adapter_spatial_prior else 'without'} spatial prior)"
         if backbone.model_type == "dinov3_vit"
         else f"DINOv3 ConvNeXt (widths {backbone.hidden_sizes}, depths {backbone.depths})"
     )

@@ -209,6 +209,7 @@ def test_pretrained_backbone_run_loads_it_and_names_it_in_the_card(tmp_path, coc
     torch.testing.assert_close(weight, saved["embeddings.patch_embeddings.weight"])  # lr 0: still the loaded tensor
     card = open(os.path.join(out, "README.md")).read()
     assert "Backbone weights: `my-dinov3-backbone`" in card and "backbone LR multiplier | 0.1 |" in card
+    assert "adapter with spatial prior" in card
 
 
 # ---------------------------------------------------------------------------------------------------------------------
