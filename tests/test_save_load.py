@@ -102,7 +102,7 @@ def test_checkpoint_saved_before_the_spatial_prior_reloads_as_it_was(tmp_path):
     pixel_values = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(pixel_values).masks_queries_logits, model(pixel_values).masks_queries_logits)
-    # A config written today states the field, and a fresh config (not serialised) gets the ViT default.
+    # Saving it again writes the field explicitly; a fresh (never serialised) config dict gets the ViT default.
     assert json.loads((tmp_path / "config.json").read_text()).get("adapter_spatial_prior") is None
     reloaded.save_pretrained(tmp_path / "again")
     assert json.loads((tmp_path / "again" / "config.json").read_text())["adapter_spatial_prior"] is False
