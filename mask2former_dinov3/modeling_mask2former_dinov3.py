@@ -1543,6 +1543,6 @@ __all__ = [
     "Mask2FormerDINOv3Model",
     "Mask2FormerDINOv3PixelLevelModule",
     "Mask2FormerDINOv3PreTrainedModel",
-    "Mask2FormerDINOv3ViTAdapter",
     "Mask2FormerDINOv3SpatialPrior",
+    "Mask2FormerDINOv3ViTAdapter",
 ]
