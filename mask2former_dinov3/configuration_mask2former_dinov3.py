@@ -18,6 +18,8 @@ SUPPORTED_BACKBONE_TYPES = (VIT_TYPE, CONVNEXT_TYPE)
 # The only strides the pixel decoder may be told about: what both adapters produce.
 ADAPTER_FEATURE_STRIDES = (4, 8, 16, 32)
 ADAPTER_NORMS = ("layer_norm", "group_norm", "none")
+# Inputs must tile exactly into the coarsest (stride 32) map, or the pyramid levels stop lining up.
+INPUT_SIZE_MULTIPLE = 32
 # DINOv3's segmentation code taps these 0-based blocks; other depths use four even intervals.
 _KNOWN_TAPS = {12: [2, 5, 8, 11], 24: [4, 11, 17, 23], 32: [7, 15, 23, 31], 40: [9, 19, 29, 39]}
 
@@ -32,6 +34,20 @@ def default_tapped_layers(num_hidden_layers: int) -> list[int]:
     if num_hidden_layers < 4:
         return [num_hidden_layers - 1]
     return [round(num_hidden_layers * (k + 1) / 4) - 1 for k in range(4)]
+
+
+def check_input_size(height: int, width: int, name: str = "pixel_values") -> None:
+    """Raise a `ValueError` unless `height` and `width` are positive multiples of `INPUT_SIZE_MULTIPLE` (32).
+
+    The one statement of the input-size rule: the model, the data pipeline and the CLIs all call it; `name` says
+    which input the message is about (e.g. "--image_height/--image_width").
+    """
+    if height <= 0 or width <= 0 or height % INPUT_SIZE_MULTIPLE or width % INPUT_SIZE_MULTIPLE:
+        raise ValueError(
+            f"{name} must have a height and width that are positive multiples of {INPUT_SIZE_MULTIPLE} (the "
+            f"coarsest feature map has stride {INPUT_SIZE_MULTIPLE}), got {height}x{width}. Resize or pad the "
+            f"images (Mask2FormerDINOv3ImageProcessor pads to size_divisor={INPUT_SIZE_MULTIPLE} by default)."
+        )
 
 
 @strict
@@ -258,4 +274,4 @@ def _preset_backbone_config(preset):
     return AutoConfig.for_model(preset.backbone_type, **preset.backbone_kwargs)
 
 
-__all__ = ["Mask2FormerDINOv3Config", "default_tapped_layers"]
+__all__ = ["INPUT_SIZE_MULTIPLE", "Mask2FormerDINOv3Config", "check_input_size", "default_tapped_layers"]

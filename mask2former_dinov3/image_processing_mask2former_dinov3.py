@@ -7,6 +7,7 @@ from transformers.models.mask2former.image_processing_pil_mask2former import (
     Mask2FormerImageProcessorPil,
 )
 
+from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
 from .pretrained import IMAGENET_MEAN, IMAGENET_STD, get_preset
 
 
@@ -28,7 +29,7 @@ class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
     valid_kwargs = Mask2FormerDINOv3ImageProcessorKwargs
     image_mean = list(IMAGENET_MEAN)
     image_std = list(IMAGENET_STD)
-    size_divisor = 32
+    size_divisor = INPUT_SIZE_MULTIPLE
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "Mask2FormerDINOv3ImageProcessor":

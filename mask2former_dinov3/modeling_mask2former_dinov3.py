@@ -52,11 +52,12 @@ from transformers.models.mask2former.modeling_mask2former import (
     sigmoid_cross_entropy_loss,
 )
 
-from .configuration_mask2former_dinov3 import ADAPTER_FEATURE_STRIDES, VIT_TYPE, Mask2FormerDINOv3Config
-
-
-# Inputs must tile exactly into the coarsest (stride 32) map, or the pyramid levels stop lining up.
-INPUT_SIZE_MULTIPLE = 32
+from .configuration_mask2former_dinov3 import (
+    ADAPTER_FEATURE_STRIDES,
+    VIT_TYPE,
+    Mask2FormerDINOv3Config,
+    check_input_size,
+)
 
 
 class Mask2FormerDINOv3LayerNorm2d(nn.LayerNorm):
@@ -246,17 +247,6 @@ def build_adapter(config: Mask2FormerDINOv3Config, backbone_channels: Sequence[i
     return Mask2FormerDINOv3ConvNextAdapter(
         in_channels=backbone_channels, out_channels=config.adapter_channels, norm=config.adapter_norm
     )
-
-
-def check_input_size(pixel_values: torch.Tensor) -> None:
-    """Raise a `ValueError` unless height and width are multiples of 32 (see `INPUT_SIZE_MULTIPLE`)."""
-    height, width = pixel_values.shape[-2:]
-    if height % INPUT_SIZE_MULTIPLE or width % INPUT_SIZE_MULTIPLE:
-        raise ValueError(
-            f"Mask2FormerDINOv3 needs pixel_values whose height and width are multiples of {INPUT_SIZE_MULTIPLE}, "
-            f"got {height}x{width}. Resize or pad the images (Mask2FormerDINOv3ImageProcessor pads to "
-            f"size_divisor={INPUT_SIZE_MULTIPLE} by default)."
-        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1067,7 +1057,7 @@ class Mask2FormerDINOv3PixelLevelModule(Mask2FormerPixelLevelModule):
             mask_token.requires_grad_(False)
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> Mask2FormerPixelLevelModuleOutput:
-        check_input_size(pixel_values)
+        check_input_size(*pixel_values.shape[-2:])
         # A frozen backbone keeps no activations for backward.
         with torch.no_grad() if self.freeze_backbone else contextlib.nullcontext():
             backbone_features = self.encoder(pixel_values).feature_maps
@@ -1122,6 +1112,20 @@ class Mask2FormerDINOv3PreTrainedModel(Mask2FormerPreTrainedModel):
             if isinstance(module, Mask2FormerDINOv3PixelLevelModule):
                 module.freeze_untrainable_parameters()
         return loaded
+
+    def freeze_backbone(self) -> None:
+        """Stop training the DINOv3 backbone (no gradients; it then runs under `torch.no_grad()`); config included."""
+        self._set_backbone_frozen(True)
+
+    def unfreeze_backbone(self) -> None:
+        """Train the DINOv3 backbone again; its mask token stays frozen (segmentation never gives it a gradient)."""
+        self._set_backbone_frozen(False)
+
+    def _set_backbone_frozen(self, frozen: bool) -> None:
+        pixel_level_module = self.base_model.pixel_level_module
+        self.config.freeze_backbone = pixel_level_module.freeze_backbone = frozen
+        pixel_level_module.encoder.requires_grad_(not frozen)
+        pixel_level_module.freeze_untrainable_parameters()
 
     def get_input_embeddings(self) -> nn.Module:
         """The backbone's input layer: the ViT's patch embedding, or the ConvNeXt's patchify stem convolution.
