@@ -8,7 +8,7 @@ TEST = TRAIN + ["pytest>=8", "parameterized>=0.9"]
 
 setup(
     name="mask2former-dinov3",
-    version="0.2.0",
+    version="0.3.0",
     description="DINOv3 backbones (ViT and ConvNeXt) for Mask2Former in Hugging Face Transformers",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -25,5 +25,5 @@ setup(
         "scipy",
     ],
     extras_require={"train": TRAIN, "test": TEST},
-    entry_points={"console_scripts": ["mask2former-dinov3-convert=mask2former_dinov3.pretrained:main"]},
+    entry_points={"console_scripts": ["mask2former-dinov3-convert=mask2former_dinov3.convert:main"]},
 )

@@ -13,8 +13,10 @@ from transformers import (
     AutoModelForUniversalSegmentation,
 )
 
-from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config, default_tapped_layers
+from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config
+from .fast_mask2former import use_fast_units, use_upstream_units
 from .image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
+from .loading import DINOv3CheckpointError
 from .modeling_mask2former_dinov3 import (
     Mask2FormerDINOv3ConvNextAdapter,
     Mask2FormerDINOv3ForUniversalSegmentation,
@@ -23,10 +25,10 @@ from .modeling_mask2former_dinov3 import (
     Mask2FormerDINOv3SpatialPrior,
     Mask2FormerDINOv3ViTAdapter,
 )
-from .pretrained import PRESETS, DINOv3CheckpointError, DINOv3Preset, get_preset
+from .presets import PRESETS, DINOv3Preset, default_tapped_layers, get_preset
 
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def _register() -> None:
@@ -66,4 +68,6 @@ __all__ = [
     "PRESETS",
     "default_tapped_layers",
     "get_preset",
+    "use_fast_units",
+    "use_upstream_units",
 ]

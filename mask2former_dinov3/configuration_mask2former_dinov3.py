@@ -9,33 +9,16 @@ from transformers import Mask2FormerConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto import AutoConfig
 
-from .pretrained import PRESETS, get_preset
+from .presets import CONVNEXT_TYPE, PRESETS, VIT_TYPE, default_tapped_layers, get_preset
 
 
-VIT_TYPE = "dinov3_vit"
-CONVNEXT_TYPE = "dinov3_convnext"
 SUPPORTED_BACKBONE_TYPES = (VIT_TYPE, CONVNEXT_TYPE)
 # The only strides the pixel decoder may be told about: what both adapters produce.
 ADAPTER_FEATURE_STRIDES = (4, 8, 16, 32)
 ADAPTER_NORMS = ("layer_norm", "group_norm", "none")
+MASK2FORMER_UNITS = ("fast", "upstream")
 # Inputs must tile exactly into the coarsest (stride 32) map, or the pyramid levels stop lining up.
 INPUT_SIZE_MULTIPLE = 32
-# DINOv3's segmentation code taps these 0-based blocks; other depths use four even intervals.
-_KNOWN_TAPS = {12: [2, 5, 8, 11], 24: [4, 11, 17, 23], 32: [7, 15, 23, 31], 40: [9, 19, 29, 39]}
-
-
-def default_tapped_layers(num_hidden_layers: int) -> list[int]:
-    """0-based ViT blocks tapped by default: four even intervals, as DINOv3's own segmentation code does.
-
-    Backbones with fewer than four blocks tap only the last one (a plain ViTDet simple pyramid).
-    """
-    if num_hidden_layers in _KNOWN_TAPS:
-        return list(_KNOWN_TAPS[num_hidden_layers])
-    if num_hidden_layers < 4:
-        return [num_hidden_layers - 1]
-    return [round(num_hidden_layers * (k + 1) / 4) - 1 for k in range(4)]
-
-
 def check_input_size(height: int, width: int, name: str = "pixel_values") -> None:
     """Raise a `ValueError` unless `height` and `width` are positive multiples of `INPUT_SIZE_MULTIPLE` (32).
 
@@ -85,6 +68,10 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
         Leave the DINOv3 backbone without gradients (it is then run under `torch.no_grad()`).
     backbone_checkpoint (`str`, *optional*):
         Name of the checkpoint the backbone weights came from (set by `from_dinov3_pretrained`; informational).
+    mask2former_units (`str`, *optional*, defaults to `"fast"`):
+        `"fast"` runs the pixel decoder, transformer decoder, matcher and loss on the faster subclasses of
+        `mask2former_dinov3.fast_mask2former` (same weights, same results within float tolerance); `"upstream"` on
+        upstream Mask2Former's own classes (for comparisons). The modules and their initialisation are the same.
     feature_strides (`list[int]`, *optional*, defaults to `[4, 8, 16, 32]`):
         Must be the true strides of the adapter's outputs, `[4, 8, 16, 32]`; anything else raises a `ValueError`.
     """
@@ -106,6 +93,7 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
     adapter_spatial_prior_channels: int = 64
     freeze_backbone: bool = False
     backbone_checkpoint: str | None = None
+    mask2former_units: str = "fast"
 
     def __post_init__(self, **kwargs):
         backbone = kwargs.get("backbone")
@@ -140,6 +128,10 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
             raise ValueError(
                 f"feature_size={self.feature_size} must be a multiple of 32: the pixel decoder normalises it with "
                 f"GroupNorm(32, feature_size)."
+            )
+        if self.mask2former_units not in MASK2FORMER_UNITS:
+            raise ValueError(
+                f"mask2former_units={self.mask2former_units!r}; expected one of {', '.join(MASK2FORMER_UNITS)}."
             )
         if self.adapter_norm not in ADAPTER_NORMS:
             raise ValueError(f"adapter_norm={self.adapter_norm!r}; expected one of {', '.join(ADAPTER_NORMS)}.")
@@ -249,20 +241,16 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
     def from_preset(cls, name: str, **overrides) -> "Mask2FormerDINOv3Config":
         """Config for a released DINOv3 backbone, by preset name (`dinov3-vitb16`) or hub id.
 
-        The backbone architecture (the tapped layers, for ViTs, and the head sizing of the small ViTs: a 3-layer
-        pixel-decoder encoder) come from the preset table in `mask2former_dinov3.pretrained`; `overrides` set any
-        other field (`num_labels`, `id2label`, `encoder_layers=6`, ...).
+        The backbone architecture and the head sizing of the small ViTs (a 3-layer pixel-decoder encoder) come from
+        the preset table in `mask2former_dinov3.presets`; `overrides` set any other field (`num_labels`, `id2label`, `encoder_layers=6`, ...).
         Weights stay random: use `Mask2FormerDINOv3ForUniversalSegmentation.from_dinov3_pretrained` for pretrained ones.
         """
         preset = get_preset(name)
-        kwargs = {"backbone_config": _preset_backbone_config(preset), **preset.head_kwargs}
-        if preset.tapped_layers is not None:
-            kwargs["tapped_layers"] = list(preset.tapped_layers)
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return cls(**{"backbone_config": _preset_backbone_config(preset), **preset.head_kwargs, **overrides})
 
 
 def _is_preset(name: str) -> bool:
+    """True for a preset name or a released DINOv3 hub id."""
     try:
         get_preset(name)
     except ValueError:
@@ -271,7 +259,8 @@ def _is_preset(name: str) -> bool:
 
 
 def _preset_backbone_config(preset):
+    """The DINOv3 backbone config of a preset row."""
     return AutoConfig.for_model(preset.backbone_type, **preset.backbone_kwargs)
 
 
-__all__ = ["INPUT_SIZE_MULTIPLE", "Mask2FormerDINOv3Config", "check_input_size", "default_tapped_layers"]
+__all__ = ["INPUT_SIZE_MULTIPLE", "Mask2FormerDINOv3Config", "check_input_size"]

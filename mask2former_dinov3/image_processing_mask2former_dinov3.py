@@ -8,7 +8,7 @@ from transformers.models.mask2former.image_processing_pil_mask2former import (
 )
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
-from .pretrained import IMAGENET_MEAN, IMAGENET_STD, get_preset
+from .presets import IMAGENET_MEAN, IMAGENET_STD, get_preset
 
 
 class Mask2FormerDINOv3ImageProcessorKwargs(Mask2FormerImageProcessorKwargs, total=False):

@@ -27,13 +27,8 @@ from transformers import (
 )
 
 from mask2former_dinov3 import Mask2FormerDINOv3Config, Mask2FormerDINOv3ForUniversalSegmentation, get_preset
-from mask2former_dinov3.pretrained import (
-    DINOv3CheckpointError,
-    architecture,
-    checkpoint_name,
-    convert_meta_checkpoint,
-    main,
-)
+from mask2former_dinov3.convert import convert_meta_checkpoint, main
+from mask2former_dinov3.loading import DINOv3CheckpointError, architecture, checkpoint_name
 
 
 M2F = Mask2FormerDINOv3ForUniversalSegmentation

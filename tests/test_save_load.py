@@ -42,9 +42,13 @@ def test_saved_folder_is_safetensors_with_code_and_auto_map(saved):
     assert config["auto_map"]["AutoModelForUniversalSegmentation"].endswith(
         "modeling_mask2former_dinov3.Mask2FormerDINOv3ForUniversalSegmentation")
     assert config["auto_map"]["AutoConfig"].endswith("Mask2FormerDINOv3Config")
-    for name in ("modeling_mask2former_dinov3.py", "configuration_mask2former_dinov3.py", "pretrained.py",
-                 "image_processing_mask2former_dinov3.py"):
-        assert (directory / name).exists(), name
+    # Exactly the code the model needs to build and run: no CLI, no checkpoint conversion or loading code.
+    model_code = {"modeling_mask2former_dinov3.py", "configuration_mask2former_dinov3.py", "presets.py",
+                  "image_processing_mask2former_dinov3.py", "fast_mask2former.py", "private_api.py"}  # fmt: skip
+    assert {p.name for p in directory.glob("*.py")} == model_code
+    for path in directory.glob("*.py"):
+        code = path.read_text()
+        assert "argparse" not in code and "def main(" not in code and "convert_meta" not in code, path.name
     processor_config = json.loads((directory / "preprocessor_config.json").read_text())
     assert processor_config["auto_map"]["AutoImageProcessor"].endswith("Mask2FormerDINOv3ImageProcessor")
 

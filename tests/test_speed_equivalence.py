@@ -1,7 +1,7 @@
-"""The optimised decoder units give upstream Mask2Former's results: same weights, same inputs, same outputs.
+"""The faster Mask2Former units give upstream Mask2Former's results: same weights, same inputs, same outputs.
 
-Every optimisation in the "Optimised Mask2Former units" section of `modeling_mask2former_dinov3` is compared here with
-the upstream unit it replaces, loaded with identical weights (`load_state_dict` from one into the other), in eval
+Every unit of `mask2former_dinov3.fast_mask2former` is compared here with the upstream unit it speeds up, with
+identical weights (`load_state_dict` from one into the other, or `use_upstream_units` on a copy), in eval
 (outputs) and in training (losses and gradients). Point sampling draws random points (`torch.rand`); both paths draw
 them in the same order, so each comparison seeds the generator identically before each path.
 """
@@ -26,15 +26,16 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation, Mask2FormerDINOv3Model
-from mask2former_dinov3.modeling_mask2former_dinov3 import (
-    Mask2FormerDINOv3Loss,
-    Mask2FormerDINOv3MaskedAttentionDecoderLayer,
-    Mask2FormerDINOv3MultiscaleDeformableAttention,
-    Mask2FormerDINOv3PixelDecoder,
-    Mask2FormerDINOv3TransformerModule,
+from mask2former_dinov3.fast_mask2former import (
+    FastMask2FormerMaskedAttentionDecoderLayer,
+    FastMask2FormerMaskPredictor,
+    FastMask2FormerMultiscaleDeformableAttention,
+    FastMask2FormerSinePositionEmbedding,
+    MaskLogitsFromEmbeddings,
     multi_scale_deformable_attention_gather,
+    use_fast_units,
+    use_upstream_units,
 )
-from mask2former_dinov3.reference import build_unoptimised_reference
 from tiny_configs import tiny_config
 
 
@@ -69,6 +70,11 @@ def random_projection_loss(tensors, seed=123):
     """A scalar that depends on every element of `tensors` with random weights (so gradients are non-trivial)."""
     generator = torch.Generator().manual_seed(seed)
     return sum((t * torch.randn(t.shape, generator=generator)).sum() for t in tensors)
+
+
+def upstream_units_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with the same weights on upstream's own units (the unoptimised reference)."""
+    return use_upstream_units(copy.deepcopy(model))
 
 
 def tiny_model(backbone="vit", seed=0, **overrides):
@@ -116,8 +122,8 @@ def test_gather_core_equals_upstream_sampling_forward_and_backward(dtype):
 def _attention_pair(seed=0, embed_dim=32, heads=2):
     torch.manual_seed(seed)
     upstream = Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention(embed_dim, heads, n_levels=3, n_points=4)
-    ours = Mask2FormerDINOv3MultiscaleDeformableAttention(embed_dim, heads, n_levels=3, n_points=4)
-    ours.load_state_dict(upstream.state_dict())
+    ours = use_fast_units(copy.deepcopy(upstream))
+    assert type(ours) is FastMask2FormerMultiscaleDeformableAttention
     return ours, upstream
 
 
@@ -159,7 +165,8 @@ def _pixel_decoder_pair(backbone="vit"):
     channels = model.model.pixel_level_module.adapter.out_channels
     upstream = Mask2FormerPixelDecoder(model.config, feature_channels=channels)
     upstream.load_state_dict(ours.state_dict())
-    assert isinstance(ours, Mask2FormerDINOv3PixelDecoder)
+    assert isinstance(ours.position_embedding, FastMask2FormerSinePositionEmbedding)
+    assert all(isinstance(layer.self_attn, FastMask2FormerMultiscaleDeformableAttention) for layer in ours.encoder.layers)
     pixel_values = torch.randn(2, 3, 64, 96)
     features = model.model.pixel_level_module.adapter(
         model.model.pixel_level_module.encoder(pixel_values).feature_maps, pixel_values
@@ -216,8 +223,9 @@ def _transformer_pair(seed=0, **overrides):
     ours = model.model.transformer_module
     upstream = Mask2FormerTransformerModule(in_features=model.config.feature_size, config=model.config)
     upstream.load_state_dict(ours.state_dict())
-    assert isinstance(ours, Mask2FormerDINOv3TransformerModule)
-    assert all(isinstance(layer, Mask2FormerDINOv3MaskedAttentionDecoderLayer) for layer in ours.decoder.layers)
+    assert isinstance(ours.position_embedder, FastMask2FormerSinePositionEmbedding)
+    assert isinstance(ours.decoder.mask_predictor, FastMask2FormerMaskPredictor)
+    assert all(isinstance(layer, FastMask2FormerMaskedAttentionDecoderLayer) for layer in ours.decoder.layers)
     pixel_out = model.model.pixel_level_module(torch.randn(2, 3, 64, 96))
     features = [f.detach() for f in pixel_out.decoder_hidden_states]
     return ours, upstream, features, pixel_out.decoder_last_hidden_state.detach()
@@ -256,13 +264,17 @@ def test_transformer_module_equals_upstream_in_eval():
     for x, y in zip(with_weights.attentions, upstream_weights.attentions):
         assert_close(x, y, what="attentions")
     assert_close(with_weights.masks_queries_logits[-1], b.masks_queries_logits[-1], what="masks, output_attentions")
-    # The lean path: one full-resolution mask (the last), and mask embeddings that reproduce every upstream mask.
+    # The lazy path: masks built only where read, and then equal to upstream's.
+    ours.decoder.mask_predictor.lazy_masks = True
     with torch.no_grad():
-        lean = ours(features, mask_features, output_hidden_states=True, output_intermediate_masks=False)
-    assert len(lean.masks_queries_logits) == 1
-    assert_close(lean.masks_queries_logits[0], b.masks_queries_logits[-1], what="last masks, lean path")
-    for embeddings, expected in zip(lean.mask_embeddings, b.masks_queries_logits):
-        assert_close(torch.einsum("bqc,bchw->bqhw", embeddings, mask_features), expected, what="embeddings x features")
+        lazy = ours(features, mask_features, output_hidden_states=True)
+    ours.decoder.mask_predictor.lazy_masks = False
+    assert all(isinstance(m, MaskLogitsFromEmbeddings) for m in lazy.masks_queries_logits)
+    for masks, expected in zip(lazy.masks_queries_logits, b.masks_queries_logits):
+        assert masks.shape == expected.shape
+        assert_close(masks.materialize(), expected, what="lazy masks")
+        rows, queries = torch.tensor([1, 0, 1, 0]), torch.tensor([3, 2, 0, 4])  # any order, as the loss may index
+        assert_close(masks[rows, queries], expected[rows, queries], what="indexed lazy masks")
 
 
 @pytest.mark.parametrize("pre_norm", [False, True])
@@ -281,7 +293,8 @@ def test_transformer_module_equals_upstream_in_training(pre_norm):
 def test_loss_from_mask_embeddings_equals_upstream_loss_on_full_masks():
     config = tiny_config(train_num_points=200)
     weight_dict = {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
-    ours, upstream = Mask2FormerDINOv3Loss(config, weight_dict), Mask2FormerLoss(config, weight_dict)
+    upstream = Mask2FormerLoss(config, weight_dict)
+    ours = use_fast_units(copy.deepcopy(upstream))
     generator = torch.Generator().manual_seed(0)
     batch, queries, channels, layers = 2, 5, 16, 3
     embeddings = torch.randn(layers, batch, queries, channels, generator=generator)
@@ -293,8 +306,9 @@ def test_loss_from_mask_embeddings_equals_upstream_loss_on_full_masks():
         e, f, c = (t.clone().requires_grad_() for t in (embeddings, features, classes))
         torch.manual_seed(7)
         if from_embeddings:
-            aux = [{"mask_embeddings": e[i], "class_queries_logits": c[i]} for i in range(layers - 1)]
-            losses = loss(None, c[-1], mask_labels, class_labels, aux, mask_embeddings=e[-1], pixel_embeddings=f)
+            masks = [MaskLogitsFromEmbeddings(e[i], f) for i in range(layers)]
+            aux = [{"masks_queries_logits": masks[i], "class_queries_logits": c[i]} for i in range(layers - 1)]
+            losses = loss(masks[-1], c[-1], mask_labels, class_labels, aux)
         else:
             masks = torch.einsum("lbqc,bchw->lbqhw", e, f)
             aux = [{"masks_queries_logits": masks[i], "class_queries_logits": c[i]} for i in range(layers - 1)]
@@ -313,7 +327,7 @@ def test_loss_from_mask_embeddings_equals_upstream_loss_on_full_masks():
 
 def test_matcher_from_embeddings_matches_like_upstream():
     config = tiny_config(train_num_points=300)
-    ours = Mask2FormerDINOv3Loss(config, {"loss_cross_entropy": 1.0}).matcher
+    ours = use_fast_units(Mask2FormerLoss(config, {"loss_cross_entropy": 1.0})).matcher
     upstream = Mask2FormerLoss(config, {"loss_cross_entropy": 1.0}).matcher
     generator = torch.Generator().manual_seed(1)
     embeddings = torch.randn(2, 5, 16, generator=generator)
@@ -321,7 +335,7 @@ def test_matcher_from_embeddings_matches_like_upstream():
     classes = torch.randn(2, 5, config.num_labels + 1, generator=generator)
     mask_labels, class_labels = targets(2, 64, 96, seed=1)
     torch.manual_seed(3)
-    a = ours(None, classes, mask_labels, class_labels, mask_embeddings=embeddings, pixel_embeddings=features)
+    a = ours(MaskLogitsFromEmbeddings(embeddings, features), classes, mask_labels, class_labels)
     torch.manual_seed(3)
     b = upstream(torch.einsum("bqc,bchw->bqhw", embeddings, features), classes, mask_labels, class_labels)
     for (rows_a, cols_a), (rows_b, cols_b) in zip(a, b):
@@ -334,7 +348,7 @@ def test_matcher_from_embeddings_matches_like_upstream():
 @pytest.mark.parametrize("backbone", ["vit", "convnext"])
 def test_model_equals_upstream_path_in_eval(backbone):
     model = tiny_model(backbone).eval()
-    reference = build_unoptimised_reference(model).eval()
+    reference = upstream_units_copy(model).eval()
     pixel_values = torch.randn(2, 3, 64, 96)
     kwargs = dict(output_hidden_states=True, output_auxiliary_logits=True)
     with torch.no_grad():
@@ -358,7 +372,7 @@ def test_model_equals_upstream_path_in_eval(backbone):
 @pytest.mark.parametrize("backbone", ["vit", "convnext"])
 def test_model_equals_upstream_path_in_training(backbone):
     model = tiny_model(backbone, seed=2).train()
-    reference = build_unoptimised_reference(model).train()
+    reference = upstream_units_copy(model).train()
     pixel_values = torch.randn(2, 3, 64, 96)
     mask_labels, class_labels = targets()
     losses = []
@@ -386,7 +400,7 @@ def test_gradient_checkpointing_keeps_the_optimised_gradients():
 def test_base_model_outputs_equal_upstream():
     torch.manual_seed(0)
     model = Mask2FormerDINOv3Model(tiny_config()).eval()
-    reference = build_unoptimised_reference(model).eval()
+    reference = upstream_units_copy(model).eval()
     pixel_values = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         a, b = model(pixel_values, output_hidden_states=True), reference(pixel_values, output_hidden_states=True)
@@ -421,15 +435,47 @@ def test_convnext_model_is_upstream_mask2former_in_keys_and_outputs():
         a, b = model(pixel_values), upstream(pixel_values)
     assert_close(a.masks_queries_logits, b.masks_queries_logits, what="masks")
     assert_close(a.class_queries_logits, b.class_queries_logits, what="classes")
-    reference = build_unoptimised_reference(model)  # loads every swapped unit with strict=True
+    reference = upstream_units_copy(model)
     assert reference.state_dict().keys() == model.state_dict().keys()
+
+
+def test_same_seed_same_start_as_upstream_mask2former():
+    """For one seed, a fresh ConvNeXt model (identity adapter) equals a fresh upstream Mask2Former tensor for tensor.
+
+    The fast units are swapped in after upstream's modules are built, so they draw no extra random numbers: training
+    comparisons against upstream start from the same weights (paired by seed).
+    """
+    config = tiny_config("convnext")
+    upstream_config = Mask2FormerConfig(
+        backbone_config=copy.deepcopy(config.backbone_config), **{k: getattr(config, k) for k in HEAD_FIELDS}
+    )
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        ours = Mask2FormerDINOv3ForUniversalSegmentation(config).state_dict()
+        torch.manual_seed(seed)
+        upstream = Mask2FormerForUniversalSegmentation(upstream_config).state_dict()
+        assert ours.keys() == upstream.keys()
+        different = [k for k in upstream if not torch.equal(ours[k], upstream[k])]
+        assert not different, f"seed {seed}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_upstream_units_config_builds_the_same_model_on_upstream_classes():
+    """`mask2former_units="upstream"` gives the same weights for the same seed, on upstream's classes, same outputs."""
+    fast, upstream = tiny_model("convnext").eval(), tiny_model("convnext", mask2former_units="upstream").eval()
+    assert not any(type(m).__name__.startswith("Fast") for m in upstream.modules())
+    assert type(fast.criterion).__name__ == "FastMask2FormerLoss"
+    for key, value in upstream.state_dict().items():
+        assert torch.equal(fast.state_dict()[key], value), key
+    pixel_values = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert_close(fast(pixel_values).masks_queries_logits, upstream(pixel_values).masks_queries_logits)
 
 
 def test_upstream_initialisation_is_kept():
     """The subclasses still get Mask2Former's own inits (radial sampling grid, zeroed attention weights, xavier)."""
     model = tiny_model()
     attention = model.model.pixel_level_module.decoder.encoder.layers[0].self_attn
-    assert isinstance(attention, Mask2FormerDINOv3MultiscaleDeformableAttention)
+    assert isinstance(attention, FastMask2FormerMultiscaleDeformableAttention)
     grid = attention.sampling_offsets.bias.view(attention.n_heads, attention.n_levels, attention.n_points, 2)
     # Point p of every head sits (p + 1) steps along the head's direction.
     assert torch.equal(grid[:, :, 1], 2 * grid[:, :, 0]) and grid.abs().max() == attention.n_points
@@ -453,7 +499,7 @@ def test_training_after_inference_mode_forward():
 
 def test_new_input_size_after_cached_one_matches_upstream():
     model = tiny_model().eval()
-    reference = build_unoptimised_reference(model).eval()
+    reference = upstream_units_copy(model).eval()
     with torch.no_grad():
         for size in [(64, 64), (96, 64), (64, 64)]:
             pixel_values = torch.randn(1, 3, *size)
@@ -462,7 +508,7 @@ def test_new_input_size_after_cached_one_matches_upstream():
 
 def test_bf16_autocast_forward_and_training_step():
     model = tiny_model()
-    reference = build_unoptimised_reference(model).eval()
+    reference = upstream_units_copy(model).eval()
     pixel_values = torch.randn(2, 3, 64, 96)
     with torch.no_grad():
         fp32 = model.eval()(pixel_values).masks_queries_logits

@@ -1,0 +1,536 @@
+"""Faster Mask2Former units: subclasses of upstream's that compute the same results with less work.
+
+Each class below subclasses one upstream `transformers.models.mask2former` unit, overrides the smallest method it can
+and adds no parameter or buffer, so state-dict keys and random initialisation stay upstream's. Each is a candidate
+for its own upstream Mask2Former PR; `tests/test_speed_equivalence.py` checks every one against upstream's unit with
+the same weights, and `UPSTREAMING.md` lists them with their measured gains.
+
+`use_fast_units(module)` gives every upstream unit inside `module` its faster class, in place, after the module was
+built: the model is constructed exactly as upstream constructs it (same modules, same random draws, same weights
+for the same seed), and only then runs faster code. In an upstream PR each change would be merged into upstream's
+class itself and this swap would not exist. `use_upstream_units` swaps back (equality tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerForUniversalSegmentation,
+    Mask2FormerHungarianMatcher,
+    Mask2FormerLoss,
+    Mask2FormerMaskedAttentionDecoderLayer,
+    Mask2FormerMaskPredictor,
+    Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
+    Mask2FormerSinePositionEmbedding,
+    pair_wise_dice_loss,
+    pair_wise_sigmoid_cross_entropy_loss,
+    sample_point,
+)
+
+from .private_api import embedding_bag_per_sample_weights_backward
+
+
+# Cached constants per module: a handful of (shape, dtype, device) variants at most.
+_MAX_CACHED_CONSTANTS = 16
+
+
+def _cached_constant(owner: nn.Module, key: tuple, build) -> torch.Tensor:
+    """`build()`, memoised on `owner` under `key` (shapes, dtype, device): position embeddings and reference points.
+
+    Upstream rebuilds these at every call (its position-embedding cache holds a single shape, and each of the three
+    levels evicts the previous one). The cache is a plain dict, not a buffer, so it never reaches the state dict;
+    it is bypassed while torch.compile traces, where the constants are folded into the graph instead. Constants are
+    built outside inference mode, so a model first run under `torch.inference_mode()` can still be trained.
+    """
+    if torch.compiler.is_compiling():
+        return build()
+    cache = owner.__dict__.setdefault("_constant_cache", {})
+    if key not in cache:
+        if len(cache) >= _MAX_CACHED_CONSTANTS:
+            cache.clear()
+        with torch.inference_mode(False), torch.no_grad():
+            cache[key] = build()
+    return cache[key]
+
+
+class _WeightedRowSum(torch.autograd.Function):
+    """`embedding_bag(indices, table, per_sample_weights=weights, mode="sum")` with a leaner backward.
+
+    Each output row is a weighted sum of table rows. Through autograd, `embedding_bag` runs a slower forward (it
+    builds bookkeeping for its backward) and a generic sort-and-reduce backward for the table. Here the forward is
+    the plain one; the table gradient is the same kind of weighted sum in the other direction (the samples sorted by
+    table row once, then one `embedding_bag` over the output gradient), and the weight gradient is PyTorch's own
+    per-sample-weights kernel. Same gradients, about twice as fast on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(table, indices, weights)
+        return nn.functional.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):
+        table, indices, weights = ctx.saved_tensors
+        num_bags, bag_size = indices.shape
+        flat = indices.reshape(-1)
+        grad_output = grad_output.contiguous()
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            sorted_rows, order = torch.sort(flat)
+            # Where each table row's samples start (searchsorted rather than bincount: its output size is static).
+            row_starts = torch.searchsorted(
+                sorted_rows, torch.arange(table.shape[0], dtype=flat.dtype, device=flat.device)
+            )
+            grad_table = nn.functional.embedding_bag(
+                torch.div(order, bag_size, rounding_mode="floor"),
+                grad_output,
+                offsets=row_starts,
+                per_sample_weights=weights.reshape(-1)[order],
+                mode="sum",
+            )
+        if ctx.needs_input_grad[2]:
+            bags = torch.arange(num_bags, dtype=flat.dtype, device=flat.device)
+            grad_weights = embedding_bag_per_sample_weights_backward(
+                grad_output, table, flat, bags * bag_size, bags.repeat_interleave(bag_size)
+            ).view(num_bags, bag_size)
+        return grad_table, None, grad_weights
+
+
+def multi_scale_deformable_attention_gather(
+    value: torch.Tensor,
+    spatial_shapes_list: Sequence[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention as one weighted gather: same result as upstream's
+    `multi_scale_deformable_attention` (bilinear sampling, `align_corners=False`, zero padding).
+
+    Upstream samples each level with `grid_sample`, stacks the samples of all levels and points
+    (`queries x heads x levels x points x head_dim` values, several times the size of the value tensor) and only then
+    weights and sums them. Bilinear sampling is itself a weighted sum of four value rows, so here each point's four
+    corner weights are multiplied by its attention weight and one weighted gather-sum (`embedding_bag`) reads the
+    value rows: the samples are never materialised. Every level gets a zero border in the gathered table (one
+    row/column before, two after), so that all corners are valid rows and corners outside the map read zeros
+    (grid_sample's zero padding) without masking; points further outside are clamped onto that border, where all
+    their corners are zeros, as they are for grid_sample. Index and weight arithmetic runs on `(bags, levels x
+    points)` tensors, whose long rows keep PyTorch's elementwise kernels efficient.
+
+    Args:
+        value: `(batch, sequence, heads, head_dim)`, the levels' tokens concatenated (each level row-major).
+        spatial_shapes_list: `(height, width)` of each level, in the order of `value`.
+        sampling_locations: `(batch, queries, heads, levels, points, 2)`, normalised `(x, y)` in `[0, 1]`.
+        attention_weights: `(batch, queries, heads, levels, points)`.
+
+    Returns:
+        `(batch, queries, heads * head_dim)`, in `value`'s dtype.
+    """
+    batch_size, _, num_heads, head_dim = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    device = value.device
+    # Coordinates and sums in float32 at least, as upstream's grid_sample computes them under autocast: a bf16
+    # location is off by up to a quarter pixel, and bf16 sums of 48 terms lose digits.
+    compute_dtype = torch.promote_types(sampling_locations.dtype, torch.float32)
+
+    # The table: every level with its zero border, (batch * padded tokens * heads, head_dim).
+    padded_sizes = [(height + 3) * (width + 3) for height, width in spatial_shapes_list]
+    padded_length = sum(padded_sizes)
+    table = value.new_zeros(batch_size, padded_length, num_heads * head_dim, dtype=compute_dtype)
+    levels = value.split([height * width for height, width in spatial_shapes_list], dim=1)
+    level_starts = []
+    start = 0
+    for level, (height, width), size in zip(levels, spatial_shapes_list, padded_sizes):
+        padded = table[:, start : start + size].view(batch_size, height + 3, width + 3, -1)
+        padded[:, 1 : height + 1, 1 : width + 1] = level.reshape(batch_size, height, width, -1)
+        level_starts.append(start)
+        start += size
+    table = table.view(batch_size * padded_length * num_heads, head_dim)
+    index_dtype = torch.int32 if table.shape[0] < 2**31 else torch.int64
+
+    def per_column(values, dtype):
+        """Per-level constants repeated for each point: a `(levels * points,)` row."""
+        return torch.tensor(values, dtype=dtype, device=device).repeat_interleave(num_points)
+
+    num_bags, bag_columns = batch_size * num_queries * num_heads, num_levels * num_points
+    locations = sampling_locations.reshape(num_bags, bag_columns, 2).to(compute_dtype)
+
+    def lower_corner_and_fraction(coordinate, size):
+        # grid_sample's own float operations (align_corners=False), not the shorter `location * size - 0.5`: at
+        # initialisation every point sits exactly on a pixel centre, where the bilinear gradient jumps, and a
+        # one-ulp difference would pick the other side.
+        pixel = (2 * coordinate - 1 + 1) * (size / 2) - 0.5
+        pixel = pixel.clamp_min(-1.0).minimum(size)
+        lower = pixel.floor()
+        return lower.to(index_dtype), pixel - lower
+
+    # unbind, not two selects: the backward of a select materialises a zero tensor of the full size.
+    location_x, location_y = locations.unbind(-1)
+    widths = per_column([width for _, width in spatial_shapes_list], compute_dtype)
+    heights = per_column([height for height, _ in spatial_shapes_list], compute_dtype)
+    x, fraction_x = lower_corner_and_fraction(location_x, widths)
+    y, fraction_y = lower_corner_and_fraction(location_y, heights)
+
+    # Table row of a point's lower corner: ((b * padded_length + level start + (y + 1) * (width + 3) + x + 1)
+    # * heads + head); the other corners are `heads` rows (one column) and `stride_y` rows (one line) further.
+    stride_y = per_column([(width + 3) * num_heads for _, width in spatial_shapes_list], index_dtype)
+    level_offsets = per_column(
+        [(start + width + 4) * num_heads for start, (_, width) in zip(level_starts, spatial_shapes_list)], index_dtype
+    )
+    bag_offsets = (
+        torch.arange(batch_size, dtype=index_dtype, device=device).view(-1, 1, 1) * (padded_length * num_heads)
+        + torch.arange(num_heads, dtype=index_dtype, device=device).view(1, 1, -1)
+    ).expand(batch_size, num_queries, num_heads).reshape(num_bags, 1)
+    rows = y * stride_y + x * num_heads + (bag_offsets + level_offsets)
+    rows_below = rows + stride_y
+    corners = torch.stack((rows, rows + num_heads, rows_below, rows_below + num_heads), dim=1)
+
+    weights = attention_weights.reshape(num_bags, bag_columns).to(compute_dtype)
+    weight_below = weights * fraction_y
+    weight_above = weights - weight_below
+    weight_above_right = weight_above * fraction_x
+    weight_below_right = weight_below * fraction_x
+    corner_weights = torch.stack(
+        (weight_above - weight_above_right, weight_above_right, weight_below - weight_below_right, weight_below_right),
+        dim=1,
+    )
+    output = _WeightedRowSum.apply(table, corners.view(num_bags, -1), corner_weights.view(num_bags, -1))
+    return output.view(batch_size, num_queries, num_heads * head_dim).to(value.dtype)
+
+
+
+class FastMask2FormerSinePositionEmbedding(Mask2FormerSinePositionEmbedding):
+    """Upstream's sine position embedding, built once per map size instead of at every call.
+
+    Upstream memoises only its last call, and the three feature levels evict each other. Without a padding mask the
+    embedding depends on the map size alone, so it is cached per size and broadcast over the batch.
+    """
+
+    def forward(self, shape: torch.Size, device, dtype: torch.dtype, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            return super().forward(shape, device, dtype, mask)
+        single = torch.Size((1, *shape[1:]))
+        table = _cached_constant(
+            self, (single, dtype, device), lambda: Mask2FormerSinePositionEmbedding.forward(self, single, device, dtype)
+        )
+        return table.expand(shape[0], -1, -1, -1)
+
+
+class FastMask2FormerMultiscaleDeformableAttention(Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention):
+    """Upstream's multi-scale deformable attention (same parameters, same results) on a gather-based core.
+
+    See `multi_scale_deformable_attention_gather`. Reference boxes (4-d reference points, which the pixel decoder
+    never uses) take upstream's code.
+    """
+
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                position_embeddings=None, reference_points=None, spatial_shapes_list=None, level_start_index=None,
+                output_attentions=False):  # fmt: skip
+        if reference_points.shape[-1] != 2:
+            return super().forward(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                                   position_embeddings, reference_points, spatial_shapes_list, level_start_index,
+                                   output_attentions)  # fmt: skip
+        queries = self.with_pos_embed(hidden_states, position_embeddings)
+        heads, levels, points = self.n_heads, self.n_levels, self.n_points
+        value = self.value_proj(encoder_hidden_states)
+        if attention_mask is not None:  # padding tokens (True) carry no value
+            value = value.masked_fill(attention_mask[..., None], 0.0)
+        weights = self.attention_weights(queries).unflatten(-1, (heads, levels * points)).softmax(-1)
+        # Offsets are in pixels of each level, normalised by its (width, height); in float32 at least under autocast.
+        dtype = torch.promote_types(queries.dtype, torch.float32)
+        sizes = torch.tensor([[w, h] for h, w in spatial_shapes_list], dtype=dtype, device=value.device)
+        offsets = self.sampling_offsets(queries).unflatten(-1, (heads, levels, points, 2)).to(dtype)
+        locations = reference_points[:, :, None, :, None, :] + offsets / sizes[:, None]
+        weights = weights.unflatten(-1, (levels, points))
+        output = multi_scale_deformable_attention_gather(
+            value.unflatten(-1, (heads, -1)), spatial_shapes_list, locations, weights
+        )
+        return self.output_proj(output), weights
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """`(length, batch, channels)` -> `(batch, heads, length, head_dim)` (a view)."""
+    length, batch_size, channels = x.shape
+    return x.view(length, batch_size, num_heads, channels // num_heads).permute(1, 2, 0, 3)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """`(batch, heads, length, head_dim)` -> `(length, batch, channels)`."""
+    batch_size, num_heads, length, head_dim = x.shape
+    return x.permute(2, 0, 1, 3).reshape(length, batch_size, num_heads * head_dim)
+
+
+class FastMask2FormerMaskedAttentionDecoderLayer(Mask2FormerMaskedAttentionDecoderLayer):
+    """Upstream's masked-attention decoder layer (same parameters, same results) on fused attention kernels.
+
+    Upstream computes both attentions explicitly: `nn.MultiheadAttention` also averages its weights over heads, and
+    the self-attention always materialises its weights. Without `output_attentions` nothing reads them, so both
+    attentions run through `scaled_dot_product_attention` with the layer's own projections. With
+    `output_attentions=True` upstream's code runs. (With dropout > 0 the random dropout masks are drawn differently
+    from upstream's, as any two dropout implementations do; the default dropout is 0.)
+    """
+
+    def _cross_attention(self, queries, keys, values, masked):
+        """`self.cross_attn(queries, keys, values, attn_mask=masked)` without weights; `(length, batch, channels)`
+        inputs, `masked` as `nn.MultiheadAttention` takes it: `(batch * heads, queries, keys)`, True = masked."""
+        attention = self.cross_attn
+        weight_q, weight_k, weight_v = attention.in_proj_weight.chunk(3)
+        bias_q, bias_k, bias_v = (
+            attention.in_proj_bias.chunk(3) if attention.in_proj_bias is not None else (None, None, None)
+        )
+        heads = attention.num_heads
+        query = _split_heads(nn.functional.linear(queries, weight_q, bias_q), heads)
+        key = _split_heads(nn.functional.linear(keys, weight_k, bias_k), heads)
+        value = _split_heads(nn.functional.linear(values, weight_v, bias_v), heads)
+        allowed = None if masked is None else ~masked.view(query.shape[0], heads, *masked.shape[-2:])
+        output = nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=allowed, dropout_p=attention.dropout if self.training else 0.0
+        )
+        return attention.out_proj(_merge_heads(output))
+
+    def _self_attention(self, hidden_states, query_position_embeddings):
+        """`self.self_attn` (position embeddings on queries and keys, not values) without weights."""
+        attention = self.self_attn
+        queries_keys = self.with_pos_embed(hidden_states, query_position_embeddings)
+        heads = attention.num_heads
+        output = nn.functional.scaled_dot_product_attention(
+            _split_heads(attention.q_proj(queries_keys), heads),
+            _split_heads(attention.k_proj(queries_keys), heads),
+            _split_heads(attention.v_proj(hidden_states), heads),
+            dropout_p=attention.dropout if self.training else 0.0,
+        )
+        return attention.out_proj(_merge_heads(output))
+
+    def forward(self, hidden_states, level_index=None, attention_mask=None, position_embeddings=None,
+                query_position_embeddings=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                output_attentions=False):  # fmt: skip
+        if output_attentions:
+            return super().forward(hidden_states, level_index, attention_mask, position_embeddings,
+                                   query_position_embeddings, encoder_hidden_states, encoder_attention_mask, True)  # fmt: skip
+        values = encoder_hidden_states[level_index]
+        keys = self.with_pos_embed(values, position_embeddings[level_index])
+
+        def dropout(x, p=self.dropout):
+            return nn.functional.dropout(x, p=p, training=self.training)
+
+        def feed_forward(x):
+            return self.fc2(dropout(self.activation_fn(self.fc1(x)), self.activation_dropout))
+
+        def cross_attention(x):
+            return self._cross_attention(self.with_pos_embed(x, query_position_embeddings), keys, values,
+                                         encoder_attention_mask)  # fmt: skip
+
+        # Cross-attention, self-attention, feed-forward: normalised before each block (pre_norm) or after it.
+        blocks = (
+            (cross_attention, self.cross_attn_layer_norm),
+            (lambda x: self._self_attention(x, query_position_embeddings), self.self_attn_layer_norm),
+            (feed_forward, self.final_layer_norm),
+        )
+        for block, norm in blocks:
+            if self.pre_norm:
+                hidden_states = hidden_states + dropout(block(norm(hidden_states)))
+            else:
+                hidden_states = norm(hidden_states + dropout(block(hidden_states)))
+        return (hidden_states,)
+
+
+class MaskLogitsFromEmbeddings:
+    """Mask logits `einsum("bqc,bchw->bqhw", mask_embeddings, pixel_embeddings)`, built only where they are read.
+
+    `FastMask2FormerMaskPredictor` returns these instead of full `(batch, queries, height, width)` tensors while
+    `FastMask2FormerForUniversalSegmentation` says that no caller reads every query's full-resolution mask (training
+    and inference without auxiliary outputs). Upstream's decoder, model and loss pass them on unchanged: the loss
+    indexes only the matched queries (`logits[batch_indices, query_indices]`), and `FastMask2FormerHungarianMatcher`
+    samples the mask features at its points instead of whole masks. Selecting queries and sampling points both
+    commute with the query-feature product, so the values are upstream's.
+    """
+
+    def __init__(self, mask_embeddings: torch.Tensor, pixel_embeddings: torch.Tensor):
+        self.mask_embeddings = mask_embeddings
+        self.pixel_embeddings = pixel_embeddings
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the full logits, `(batch, queries, height, width)`."""
+        return torch.Size((*self.mask_embeddings.shape[:2], *self.pixel_embeddings.shape[-2:]))
+
+    def materialize(self) -> torch.Tensor:
+        """The full logits."""
+        return torch.einsum("bqc,bchw->bqhw", self.mask_embeddings, self.pixel_embeddings)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if not (isinstance(index, tuple) and len(index) == 2 and all(torch.is_tensor(i) for i in index)):
+            return self.materialize()[index]
+        # `(batch indices, query indices)` as the loss selects matched queries: one product per image.
+        batch, query = index
+        order = torch.argsort(batch, stable=True)
+        batch, query = batch[order], query[order]
+        per_image = [
+            torch.einsum("qc,chw->qhw", self.mask_embeddings[b, query[batch == b]], self.pixel_embeddings[b])
+            for b in range(self.mask_embeddings.shape[0])
+        ]
+        return torch.cat(per_image)[torch.argsort(order)]
+
+
+class FastMask2FormerMaskPredictor(Mask2FormerMaskPredictor):
+    """Upstream's mask predictor computing the attention mask at attention resolution, and full masks on demand.
+
+    Upstream predicts every query's mask at the mask-feature resolution (1/4) and resizes it to the next layer's
+    attention resolution (1/32, 1/16 or 1/8). Bilinear resizing and the query-feature product are both linear, so
+    here the mask features are resized and then multiplied: the same logits at a fraction of the cost, computed in
+    float32 even under autocast (a bf16 logit near 0 would flip that pixel of the mask). The full-resolution logits
+    are returned as upstream's tensor, or as `MaskLogitsFromEmbeddings` while `lazy_masks` is set.
+    """
+
+    lazy_masks = False
+
+    def forward(self, outputs: torch.Tensor, pixel_embeddings: torch.Tensor, attention_mask_target_size=None):
+        mask_embeddings = self.mask_embedder(outputs.transpose(0, 1))
+        with torch.no_grad(), torch.autocast(pixel_embeddings.device.type, enabled=False):
+            resized = nn.functional.interpolate(
+                pixel_embeddings.float(), size=attention_mask_target_size, mode="bilinear", align_corners=False
+            )
+            logits = torch.einsum("bqc,bchw->bqhw", mask_embeddings.float(), resized)
+            # Upstream's test (sigmoid < 0.5 is not `logit < 0` for tiny negative logits in float).
+            masked = logits.sigmoid().flatten(2) < 0.5
+        attention_mask = masked[:, None].expand(-1, self.num_heads, -1, -1).flatten(0, 1)
+        masks = MaskLogitsFromEmbeddings(mask_embeddings, pixel_embeddings)
+        return (masks if self.lazy_masks else masks.materialize()), attention_mask
+
+
+class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
+    """Upstream's Hungarian matcher, which can also match `MaskLogitsFromEmbeddings` without building them.
+
+    The matcher compares masks at `num_points` random points shared by all queries of an image. Sampling (bilinear)
+    and the query-feature product are both linear, so the mask features are sampled once at those points and
+    multiplied by the query embeddings: the same costs without any query's full mask. Points are drawn as upstream
+    does (one `torch.rand` per image), so a fixed seed gives the same matching.
+    """
+
+    @torch.no_grad()
+    def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels):
+        if not isinstance(masks_queries_logits, MaskLogitsFromEmbeddings):
+            return super().forward(masks_queries_logits, class_queries_logits, mask_labels, class_labels)
+        embeddings, features = masks_queries_logits.mask_embeddings, masks_queries_logits.pixel_embeddings
+        indices = []
+        for image, (classes, targets) in enumerate(zip(class_labels, mask_labels)):
+            points = torch.rand(1, self.num_points, 2, device=features.device)
+            target_points = sample_point(targets.to(features)[:, None], points.expand(len(targets), -1, -1),
+                                         align_corners=False).squeeze(1)  # fmt: skip
+            feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
+            predicted_points = embeddings[image] @ feature_points
+            costs = (
+                self.cost_mask * pair_wise_sigmoid_cross_entropy_loss(predicted_points, target_points)
+                + self.cost_dice * pair_wise_dice_loss(predicted_points, target_points)
+                - self.cost_class * class_queries_logits[image].softmax(-1)[:, classes]
+            )
+            # Non-finite costs are matched last, as upstream; float(): scipy takes no bfloat16.
+            largest = torch.finfo(torch.float32).max
+            costs = torch.nan_to_num(costs.float(), nan=largest, posinf=largest, neginf=largest)
+            rows, cols = linear_sum_assignment(costs.cpu())
+            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+        return indices
+
+
+class FastMask2FormerLoss(Mask2FormerLoss):
+    """Upstream's Mask2Former loss with the number of target masks averaged correctly across processes.
+
+    Upstream's `get_num_masks` all-reduces with accelerate's `reduce`, whose default reduction is already the mean, and
+    then divides by the world size again: with N processes the masks are counted N times too few and the mask and
+    dice losses come out N times too large. Here every process normalises by the global mean number of masks (as
+    DETR / Mask2Former do), so that DDP's gradient averaging gives the gradient of the loss over the global batch.
+    (A correctness fix rather than a speed-up; its own upstream PR.)
+    """
+
+    def get_num_masks(self, class_labels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+        num_masks = torch.as_tensor(sum(len(classes) for classes in class_labels), dtype=torch.float, device=device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(num_masks)
+            num_masks = num_masks / torch.distributed.get_world_size()
+        return torch.clamp(num_masks, min=1)
+
+
+class FastMask2FormerForUniversalSegmentation(Mask2FormerForUniversalSegmentation):
+    """Upstream's model that builds full-resolution masks only where they are used, with `return_dict=False` fixed.
+
+    Without `output_auxiliary_logits` nothing reads the intermediate decoder layers' full-resolution masks (the
+    auxiliary losses only need the matched queries' masks at sampled points), so the decoder's mask predictor hands
+    on `MaskLogitsFromEmbeddings` for the duration of the call and only the output's final masks are built.
+    """
+
+    def forward(self, pixel_values, mask_labels=None, class_labels=None, pixel_mask=None, output_hidden_states=None,
+                output_auxiliary_logits=None, output_attentions=None, return_dict=None, **kwargs):  # fmt: skip
+        """Upstream `Mask2FormerForUniversalSegmentation.forward`: same arguments, same outputs and loss. With
+        `return_dict=False` it returns `output.to_tuple()`, i.e. `(loss, class_queries_logits, ...)` when labels are
+        given (upstream builds that tuple as `(loss) + output`, which raises a TypeError: `(loss)` is a tensor)."""
+        if output_auxiliary_logits is None:
+            output_auxiliary_logits = self.config.output_auxiliary_logits
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        predictor = self.model.transformer_module.decoder.mask_predictor
+        lazy = isinstance(predictor, FastMask2FormerMaskPredictor) and not output_auxiliary_logits
+        predictor.lazy_masks = lazy
+        try:
+            output = super().forward(pixel_values, mask_labels, class_labels, pixel_mask, output_hidden_states,
+                                     output_auxiliary_logits, output_attentions, return_dict=True)  # fmt: skip
+        finally:
+            if lazy:
+                predictor.lazy_masks = False
+        if isinstance(output.masks_queries_logits, MaskLogitsFromEmbeddings):
+            output.masks_queries_logits = output.masks_queries_logits.materialize()
+        return output if return_dict else output.to_tuple()
+
+
+# Upstream unit -> its faster subclass. The top-level model is included so that `use_fast_units` also speeds up a
+# stock upstream Mask2Former; Mask2FormerDINOv3's model subclasses the fast one directly.
+FAST_UNITS: dict[type, type] = {
+    Mask2FormerSinePositionEmbedding: FastMask2FormerSinePositionEmbedding,
+    Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention: FastMask2FormerMultiscaleDeformableAttention,
+    Mask2FormerMaskedAttentionDecoderLayer: FastMask2FormerMaskedAttentionDecoderLayer,
+    Mask2FormerMaskPredictor: FastMask2FormerMaskPredictor,
+    Mask2FormerHungarianMatcher: FastMask2FormerHungarianMatcher,
+    Mask2FormerLoss: FastMask2FormerLoss,
+    Mask2FormerForUniversalSegmentation: FastMask2FormerForUniversalSegmentation,
+}
+UPSTREAM_UNITS: dict[type, type] = {fast: upstream for upstream, fast in FAST_UNITS.items()}
+
+
+def _swap_classes(module: nn.Module, table: dict[type, type]) -> nn.Module:
+    # Every fast class only overrides methods of its upstream class (no state of its own), so changing an instance's
+    # class keeps its parameters, buffers, hooks and train/eval mode exactly as they are.
+    for submodule in module.modules():
+        replacement = table.get(type(submodule))
+        if replacement is not None:
+            submodule.__class__ = replacement
+    return module
+
+
+def use_fast_units(module: nn.Module) -> nn.Module:
+    """Give every upstream Mask2Former unit inside `module` (itself included) its faster class, in place.
+
+    Weights, random state and outputs are unchanged (up to float rounding); returns `module`.
+    """
+    return _swap_classes(module, FAST_UNITS)
+
+
+def use_upstream_units(module: nn.Module) -> nn.Module:
+    """Undo `use_fast_units`: every fast unit inside `module` becomes upstream's class again, in place."""
+    return _swap_classes(module, UPSTREAM_UNITS)
+
+
+__all__ = [
+    "FAST_UNITS",
+    "FastMask2FormerForUniversalSegmentation",
+    "FastMask2FormerHungarianMatcher",
+    "FastMask2FormerLoss",
+    "FastMask2FormerMaskPredictor",
+    "FastMask2FormerMaskedAttentionDecoderLayer",
+    "FastMask2FormerMultiscaleDeformableAttention",
+    "FastMask2FormerSinePositionEmbedding",
+    "MaskLogitsFromEmbeddings",
+    "multi_scale_deformable_attention_gather",
+    "use_fast_units",
+    "use_upstream_units",
+]
