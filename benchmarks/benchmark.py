@@ -45,7 +45,7 @@ from transformers import (  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mask2former_dinov3 import Mask2FormerDINOv3Config, Mask2FormerDINOv3ForUniversalSegmentation  # noqa: E402
-from mask2former_dinov3.reference import build_unoptimised_reference  # noqa: E402
+from mask2former_dinov3.fast_mask2former import FAST_UNITS, use_upstream_units  # noqa: E402
 
 
 NUM_LABELS = 80  # COCO-sized class head for every model (its cost is negligible either way)
@@ -92,10 +92,10 @@ def _ours(preset: str, **head) -> Callable[[int], torch.nn.Module]:
 
 
 def _ours_reference(preset: str, **head) -> Callable[[int], torch.nn.Module]:
-    """The straightforward build: upstream's decoder units (see `mask2former_dinov3.reference`)."""
+    """The straightforward build: upstream's decoder units (`use_upstream_units`: upstream's own classes, same weights)."""
 
     def build(size: int) -> torch.nn.Module:
-        return build_unoptimised_reference(_ours(preset, **head)(size))
+        return use_upstream_units(_ours(preset, **head)(size))
 
     return build
 
@@ -195,6 +195,35 @@ MODELS: dict[str, tuple[str, Callable[[int], torch.nn.Module], str]] = {
     "backbone-vitb16": ("DINOv3 ViT-B/16 backbone alone (4 taps)", _backbone("dinov3-vitb16"), "backbone"),
 }
 DEFAULT_MODELS = list(MODELS)
+
+
+def _ours_without(preset: str, upstream_class: type) -> Callable[[int], torch.nn.Module]:
+    """The preset with one fast unit put back to upstream's class: what that unit alone gains (leave-one-out)."""
+
+    def build(size: int) -> torch.nn.Module:
+        model = _ours(preset)(size)
+        for module in model.modules():
+            if type(module) is FAST_UNITS[upstream_class]:
+                module.__class__ = upstream_class
+        return model
+
+    return build
+
+
+# Leave-one-out rows for the per-unit gains in UPSTREAMING.md (not in the default run): `ours-vits16-without-<unit>`.
+for _upstream in FAST_UNITS:
+    if _upstream.__name__ != "Mask2FormerForUniversalSegmentation":  # our model subclasses it; nothing to revert
+        _short = _upstream.__name__.removeprefix("Mask2Former")
+        MODELS[f"ours-vits16-without-{_short}"] = (
+            f"dinov3-vits16 preset with upstream's {_upstream.__name__} instead of its fast subclass",
+            _ours_without("dinov3-vits16", _upstream),
+            "segmentation",
+        )
+MODELS["ours-vits16-upstream-units"] = (
+    "dinov3-vits16 preset (3-layer pixel decoder) on upstream's units only (mask2former_units='upstream')",
+    _ours("dinov3-vits16", mask2former_units="upstream"),
+    "segmentation",
+)
 # (full model, its backbone alone) pairs whose difference is the head cost.
 HEAD_COST_PAIRS = [
     (f"ours-{vit}{variant}", f"backbone-{vit}")

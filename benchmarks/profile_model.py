@@ -1,7 +1,7 @@
 """Where the time goes: per-stage breakdown and operator profile of Mask2FormerDINOv3 (optimised and unoptimised).
 
 For each model in `--models` (see `KINDS`: `unoptimised` = Mask2Former's stock 6-layer pixel decoder on upstream's
-decoder units, see `mask2former_dinov3.reference`; `ours-stock-head` = the same head on the optimised units; `ours` =
+decoder units, `mask2former_dinov3.use_upstream_units`; `ours-stock-head` = the same head on the optimised units; `ours` =
 the preset as shipped) it measures, with timing hooks (medians over `--repeats`):
 
 * inference (`eval()`, `torch.inference_mode()`, batch `--batch`): backbone, adapter, pixel decoder (its deformable
@@ -38,7 +38,7 @@ from mask2former_dinov3 import (  # noqa: E402
     Mask2FormerDINOv3ForUniversalSegmentation,
     Mask2FormerDINOv3ImageProcessor,
 )
-from mask2former_dinov3.reference import build_unoptimised_reference  # noqa: E402
+from mask2former_dinov3.fast_mask2former import use_upstream_units  # noqa: E402
 
 
 # Wall-clock by default; `--timer cpu` (process CPU time, for --threads 1) ignores time lost to other jobs.
@@ -104,7 +104,7 @@ def build(kind: str, preset: str) -> torch.nn.Module:
     head = {} if kind == "ours" else dict(STOCK_HEAD)
     config = Mask2FormerDINOv3Config.from_preset(preset, num_labels=NUM_LABELS, **head)
     model = Mask2FormerDINOv3ForUniversalSegmentation(config)
-    return build_unoptimised_reference(model) if kind == "unoptimised" else model
+    return use_upstream_units(model) if kind == "unoptimised" else model
 
 
 def instrument(model: torch.nn.Module) -> StageTimer:

@@ -97,6 +97,36 @@ def test_freeze_backbone_leaves_backbone_without_gradients():
     assert grad_norm(model, "model.pixel_level_module.adapter.")[0] > 0
 
 
+@pytest.mark.parametrize("backbone", ["vit", "convnext"])
+def test_freeze_then_unfreeze_backbone_keeps_the_mask_token_frozen(backbone, tmp_path):
+    """`freeze_backbone()` / `unfreeze_backbone()` switch the backbone (config included); DINOv3's mask token, which
+    segmentation never gives a gradient, stays frozen, so that DDP without `find_unused_parameters` works."""
+    torch.manual_seed(0)
+    model = Mask2FormerDINOv3ForUniversalSegmentation(tiny_config(backbone)).train()
+    encoder = model.model.pixel_level_module.encoder
+    mask_token = getattr(getattr(encoder, "embeddings", None), "mask_token", None)
+    model.freeze_backbone()
+    assert model.config.freeze_backbone and not any(p.requires_grad for p in encoder.parameters())
+    model.unfreeze_backbone()
+    assert not model.config.freeze_backbone
+    trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, p in encoder.named_parameters() if p is not mask_token}
+    masks, classes = make_labels(64, 64)
+    model(torch.randn(1, 3, 64, 64), mask_labels=[masks], class_labels=[classes]).loss.backward()
+    # Every trainable backbone parameter gets a gradient: nothing unused for DDP to trip over.
+    assert all(p.grad is not None for name, p in encoder.named_parameters() if name in trainable)
+    if backbone == "vit":
+        assert not mask_token.requires_grad
+    # And after a save / reload, as from_pretrained recreates parameters trainable.
+    model.freeze_backbone()
+    model.save_pretrained(tmp_path)
+    reloaded = Mask2FormerDINOv3ForUniversalSegmentation.from_pretrained(tmp_path)
+    assert not any(p.requires_grad for p in reloaded.model.pixel_level_module.encoder.parameters())
+    reloaded.unfreeze_backbone()
+    if backbone == "vit":
+        assert not reloaded.model.pixel_level_module.encoder.embeddings.mask_token.requires_grad
+
+
 class _TinySegmentationSet(torch.utils.data.Dataset):
     def __len__(self):
         return 4
