@@ -28,12 +28,6 @@ _skip_reasons: dict[str, str] = {}
 _module_skips: dict[str, str] = {}
 
 
-def pytest_configure(config):
-    """Register the marks transformers' mixins use, so pytest does not warn about unknown marks."""
-    for mark in ("slow", "torch_compile_test", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test"):
-        config.addinivalue_line("markers", f"{mark}: used by transformers' upstream test mixins")
-
-
 def _is_ours(path) -> bool:
     try:
         Path(str(path)).resolve().relative_to(UPSTREAM_DIR)
