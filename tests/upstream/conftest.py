@@ -1,11 +1,15 @@
 """pytest wiring for transformers' upstream test mixins (see upstream_harness.py): fetch, import, report.
 
 At the end of the run a section lists what was collected / passed / skipped / failed under tests/upstream/, every
-skip with its reason, and the stand-ins in use for the modules transformers' sdist does not ship.
+skip with its reason, and the stand-ins in use for the modules transformers' sdist does not ship. A skip that
+upstream_skips.py does not document fails the run (exit status 1), so that a new skip (e.g. from a new transformers
+release's mixins) is reviewed rather than passing unnoticed.
 """
 
 import sys
 from pathlib import Path
+
+import pytest
 
 
 # pytest's default (prepend) import mode puts this folder on sys.path before importing this file; other modes do
@@ -26,12 +30,6 @@ _collected: list[str] = []
 _outcomes: dict[str, str] = {}
 _skip_reasons: dict[str, str] = {}
 _module_skips: dict[str, str] = {}
-
-
-def pytest_configure(config):
-    """Register the marks transformers' mixins use, so pytest does not warn about unknown marks."""
-    for mark in ("slow", "torch_compile_test", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test"):
-        config.addinivalue_line("markers", f"{mark}: used by transformers' upstream test mixins")
 
 
 def _is_ours(path) -> bool:
@@ -78,6 +76,16 @@ def _reason(report) -> str:
     return reason.removeprefix("Skipped: ")
 
 
+def _undocumented_skips() -> list[str]:
+    return sorted(nodeid for nodeid in _skip_reasons if not explain_skip(nodeid))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail an otherwise successful run that has undocumented skips (the terminal summary lists them)."""
+    if exitstatus == pytest.ExitCode.OK and _undocumented_skips():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Print the upstream-conformance counts, the skips with reasons, and the stand-ins in use."""
     write = terminalreporter.write_line
@@ -108,8 +116,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         write("skipped upstream tests, with the skip message and why the skip is allowed (upstream_skips.py):")
         for nodeid in sorted(nodeid for nodeid, why in documented.items() if why):
             write(f"  - {nodeid}: {_skip_reasons[nodeid]}  [{documented[nodeid]}]")
-    undocumented = sorted(nodeid for nodeid, why in documented.items() if not why)
+    undocumented = _undocumented_skips()
     if undocumented:
-        write(f"SKIPS NOT DOCUMENTED in tests/upstream/upstream_skips.py ({len(undocumented)}), review them:")
+        write(
+            f"SKIPS NOT DOCUMENTED in tests/upstream/upstream_skips.py ({len(undocumented)}), review them "
+            "(they fail the run: document a skip that cannot apply, fix the harness or the model otherwise):"
+        )
         for nodeid in undocumented:
             write(f"  - {nodeid}: {_skip_reasons[nodeid]}")

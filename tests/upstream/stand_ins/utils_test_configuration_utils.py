@@ -8,8 +8,8 @@ means something if each value differs from `PreTrainedConfig`'s default, so ever
 The keys are the user-settable fields of transformers 5.x's `PreTrainedConfig` (plus `output_attentions`, which
 its `__post_init__` takes as a kwarg). Left out on purpose: `transformers_version` (bookkeeping written on save) and
 `is_encoder_decoder` (describes an architecture, and upstream's own list leaves it out too).
-`tests/upstream/test_upstream_config.py` checks that this dict covers every such field with a non-default value, so
-a new field in a later transformers version is noticed.
+`test_config_common_kwargs_stand_in_is_complete` (tests/upstream/upstream_testers.py) checks that this dict covers
+every such field with a non-default value, so a new field in a later transformers version is noticed.
 """
 
 config_common_kwargs = {
