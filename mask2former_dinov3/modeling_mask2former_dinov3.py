@@ -393,6 +393,14 @@ class Mask2FormerDINOv3ForUniversalSegmentation(FastMask2FormerForUniversalSegme
         _select_units(self.criterion, config)
         self.post_init()
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; the saved `auto_map` also names this class for
+        `AutoModelForImageSegmentation`, through which `pipeline("image-segmentation", model=folder,
+        trust_remote_code=True)` loads a folder in a process that never imported this package."""
+        name = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModelForImageSegmentation": name}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
     def from_dinov3_pretrained(cls, backbone, head=None, **kwargs):
         """A model whose DINOv3 backbone (and optionally Mask2Former head) comes from pretrained checkpoints.
