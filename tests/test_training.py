@@ -19,7 +19,7 @@ import mask2former_dinov3  # noqa: F401  (registers the Auto classes)
 from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation, Mask2FormerDINOv3ImageProcessor
 from mask2former_dinov3.finetune import default_argv, main, parse_args, parse_config_overrides, resolve_checkpoint
 from mask2former_dinov3.synthetic import CLASSES, SyntheticConfig, generate_sample, write_coco_dataset
-from mask2former_dinov3.training import build_param_groups, flatten_metrics, set_backbone_frozen, vit_layer_id
+from mask2former_dinov3.training import build_param_groups, flatten_metrics, vit_layer_id
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,10 +151,13 @@ def test_frozen_backbone_and_convnext_groups():
     groups = build_param_groups(model, 1e-3, 0.0, backbone_lr_multiplier=0.1, layer_decay=0.5)
     backbone_lrs = {g["lr"] for g in groups for n in g["param_names"] if n.startswith("model.pixel_level_module.encoder.")}
     assert len(backbone_lrs) == 1 and backbone_lrs.pop() == pytest.approx(1e-4)  # layer decay is ViT-only
-    set_backbone_frozen(model)
+    model.freeze_backbone()
     assert model.config.freeze_backbone and model.model.pixel_level_module.freeze_backbone
     names = [n for g in build_param_groups(model, 1e-3, 0.0) for n in g["param_names"]]
     assert names and not any(n.startswith("model.pixel_level_module.encoder.") for n in names)
+    model.unfreeze_backbone()
+    names = [n for g in build_param_groups(model, 1e-3, 0.0) for n in g["param_names"]]
+    assert any(n.startswith("model.pixel_level_module.encoder.") for n in names)
 
 
 def test_argument_defaults_and_overrides():
