@@ -393,6 +393,12 @@ class Mask2FormerTrainer(Trainer):
         metrics.pop(f"{metric_key_prefix}_model_preparation_time", None)
         return metrics
 
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """Trainer's `predict`, with the segmentation metrics started on `test_dataset`."""
+        if self.segmentation_metrics is not None:
+            self.segmentation_metrics.start(test_dataset)
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """Trainer's loss; with `return_outputs`, the outputs are cut down to the class and mask logits, so that
         evaluation neither keeps nor gathers the hidden states and auxiliary predictions."""
