@@ -9,15 +9,20 @@ Three kinds of source give the same `Sample` (an RGB image, possibly overlapping
   `semantic_class_to_id`).
 * `SyntheticSegmentationSource`: the deterministic synthetic set of `mask2former_dinov3.synthetic` (offline default).
 
-`SegmentationDataset` augments a source's samples with albumentations and turns them into Mask2Former's inputs for one
-task (`instance`, `semantic` or `panoptic`); `SegmentationCollator` pads a batch. Evaluation items also carry an
-`EvalTarget`: the ground truth at the image's original resolution, which the metrics compare predictions with.
+`SegmentationDataset` turns a source's samples into Mask2Former's inputs for one task (`instance`, `semantic` or
+`panoptic`) with the model's image processor, the object saved beside the model: its resize (masks follow with
+nearest neighbour), rescaling and normalisation, so that training, evaluation and inference see pixels prepared by the
+same code. albumentations adds only the random training augmentation in between (scale jitter with pad / crop back,
+flip, colour jitter). `SegmentationCollator` pads a batch. Evaluation items carry their dataset index; the metrics
+look the ground truth up with `SegmentationDataset.ground_truth(index)` (at the image's original resolution).
+Ground truth per task lives here only: `training_targets` (what the loss sees) and `evaluation_ground_truth` (what
+the metrics see).
 
 Bad input is either handled or rejected with a `DataError` naming the file and the problem:
 
 * images are converted to RGB: grayscale is replicated, RGBA / palette transparency is composited onto white (as
   transformers' `convert_to_rgb`), 16-bit images are scaled from 0..65535 to 0..255 (not clipped);
-* images of any size are resized to the training size first, so an image smaller than the crop is upsampled;
+* images of any size are resized to the image processor's size first, so an image smaller than it is upsampled;
 * an annotation whose polygons all have fewer than 3 points is skipped with a warning naming the file and the
   annotation id (one bad outline should not stop a long run); a polygon part with fewer than 3 points is dropped;
 * a missing image file, a corrupt or truncated JSON, a category id that is not in the label map, an RLE whose size
@@ -40,14 +45,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, check_input_size
+
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("instance", "semantic", "panoptic")
 # Pixels that belong to no annotated class in semantic ground truth (ignored by mIoU).
 IGNORE_INDEX = 255
-# Mask2FormerDINOv3 needs input sides that are multiples of 32 (stride-32 level of the pyramid).
-SIZE_MULTIPLE = 32
 ROBOFLOW_SPLITS = {"train": ("train",), "validation": ("valid", "validation", "val"), "test": ("test",)}
 ROBOFLOW_JSON = "_annotations.coco.json"
 
@@ -687,91 +692,126 @@ def training_targets(sample: Sample, task: str) -> tuple[np.ndarray, np.ndarray]
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
-@dataclass
-class EvalTarget:
-    """Ground truth of one evaluation image at its original resolution, for the metrics.
+def evaluation_ground_truth(sample: Sample, task: str) -> Any:
+    """The ground truth of a (not augmented) sample at its own resolution, in the format of the task's evaluator
+    (`mask2former_dinov3.metrics`).
 
-    `masks`/`labels`/`iscrowd` hold the instances (instance task); `semantic` the label map (semantic task);
-    `segment_map`/`segments_info` the panoptic segments (panoptic task). Fields of other tasks are None.
+    instance: `{"masks", "labels", "iscrowd", "size"}` of the instances and crowd regions (crowd regions are ignored
+    by COCO AP, as COCO does). semantic: the `(H, W)` label map (`semantic_map`, unlabelled pixels
+    `IGNORE_INDEX`). panoptic: `{"segmentation", "segments_info"}` with `{"id", "category_id", "iscrowd"}` items
+    (`panoptic_segments`).
     """
-
-    image_id: int
-    size: tuple[int, int]
-    file_name: str = ""
-    masks: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    iscrowd: np.ndarray | None = None
-    semantic: np.ndarray | None = None
-    segment_map: np.ndarray | None = None
-    segments_info: list[dict] | None = None
-
-
-def eval_target(sample: Sample, task: str) -> EvalTarget:
-    """The `EvalTarget` of a (not augmented) sample for `task`."""
-    target = EvalTarget(image_id=sample.image_id, size=tuple(sample.image.shape[:2]), file_name=sample.file_name)
     if task == "instance":
         keep = np.flatnonzero(sample.is_instance | sample.iscrowd)
-        target.masks, target.labels, target.iscrowd = sample.masks[keep], sample.labels[keep], sample.iscrowd[keep]
-    elif task == "semantic":
-        target.semantic = semantic_map(sample)
-    elif task == "panoptic":
-        target.segment_map, target.segments_info = panoptic_segments(sample)
-    else:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    return target
+        return {
+            "masks": sample.masks[keep],
+            "labels": sample.labels[keep],
+            "iscrowd": sample.iscrowd[keep],
+            "size": tuple(sample.image.shape[:2]),
+        }
+    if task == "semantic":
+        return semantic_map(sample)
+    if task == "panoptic":
+        segment_map, infos = panoptic_segments(sample)
+        segments = [{"id": s["id"], "category_id": s["label_id"], "iscrowd": int(s["iscrowd"])} for s in infos]
+        return {"segmentation": segment_map, "segments_info": segments}
+    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Augmentation, dataset, collator
+# Preprocessing (the image processor's), augmentation, dataset, collator
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def check_image_size(height: int, width: int) -> None:
-    """Raise a `ValueError` unless the training size is a positive multiple of 32 (what the model accepts)."""
-    if height <= 0 or width <= 0 or height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+def processor_size(image_processor) -> tuple[int, int]:
+    """The fixed `(height, width)` an image processor resizes to; a `ValueError` if its size is not fixed.
+
+    Training crops back to this size after scale jitter, and evaluation gathers same-sized predictions across
+    processes, so the data pipeline needs `size={"height": H, "width": W}` (multiples of 32).
+    """
+    size = image_processor.size
+    height, width = getattr(size, "height", None), getattr(size, "width", None)
+    if not height or not width:
         raise ValueError(
-            f"--image_height/--image_width must be positive multiples of {SIZE_MULTIPLE} (Mask2FormerDINOv3's "
-            f"coarsest feature map has stride {SIZE_MULTIPLE}), got {height}x{width}."
+            f"The image processor resizes to {size}, not to a fixed size: build it with size={{'height': H, "
+            f"'width': W}} (e.g. Mask2FormerDINOv3ImageProcessor(size={{'height': 512, 'width': 512}}))."
         )
+    check_input_size(height, width, name="the image processor's size")
+    return int(height), int(width)
 
 
-def build_transforms(
-    image_height: int,
-    image_width: int,
-    train: bool,
+def resize_sample(sample: Sample, image_processor) -> Sample:
+    """`sample` resized to the image processor's size with the processor's own `resize`: the image with its filter
+    (PIL bilinear, antialiased, as at inference), the masks with nearest neighbour so that they stay binary and
+    follow the same geometry.
+    """
+    from transformers.image_utils import PILImageResampling
+
+    processor_size(image_processor)
+    kwargs = {"size": image_processor.size, "size_divisor": image_processor.size_divisor}
+    image = image_processor.resize(
+        np.ascontiguousarray(sample.image.transpose(2, 0, 1)), resample=image_processor.resample, **kwargs
+    )
+    image = np.ascontiguousarray(image.transpose(1, 2, 0))
+    height, width = image.shape[:2]
+    if len(sample.masks):
+        masks = np.stack(
+            [image_processor.resize(m[None], resample=PILImageResampling.NEAREST, **kwargs)[0] for m in sample.masks]
+        ).astype(np.uint8)
+    else:
+        masks = np.zeros((0, height, width), np.uint8)
+    return Sample(
+        image=image,
+        masks=masks,
+        labels=sample.labels,
+        iscrowd=sample.iscrowd,
+        is_instance=sample.is_instance,
+        image_id=sample.image_id,
+        file_name=sample.file_name,
+    )
+
+
+def pixel_values_of(image: np.ndarray, image_processor) -> torch.Tensor:
+    """`(3, H, W)` model input of an already resized `(H, W, 3)` uint8 image: the image processor's own rescaling
+    and normalisation (its `__call__` without resizing)."""
+    inputs = image_processor(images=image, do_resize=False, input_data_format="channels_last", return_tensors="pt")
+    return inputs["pixel_values"][0]
+
+
+def build_augmentation(
+    image_processor,
     min_scale: float = 0.5,
     max_scale: float = 2.0,
     color_jitter: float = 0.2,
     hflip: bool = True,
     seed: int | None = None,
 ):
-    """The albumentations pipeline: resize to the training size (as the saved image processor does at inference),
-    then for training large-scale jitter (random scale in [min_scale, max_scale], pad / random crop back to the size),
-    horizontal flip and colour jitter.
+    """The random training augmentation (albumentations), applied after the image processor's resize: large-scale
+    jitter (random scale in [min_scale, max_scale], then pad / random crop back to the processor's size),
+    horizontal flip and colour jitter. Masks follow the image with nearest-neighbour interpolation.
     """
     import albumentations as A
     import cv2
 
-    check_image_size(image_height, image_width)
-    steps = [A.Resize(image_height, image_width, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST_EXACT)]
-    if train:
-        if not 0 < min_scale <= max_scale:
-            raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
-        if (min_scale, max_scale) != (1.0, 1.0):
-            steps += [
-                A.RandomScale(scale_limit=(min_scale - 1.0, max_scale - 1.0), interpolation=cv2.INTER_LINEAR,
-                              mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
-                A.PadIfNeeded(min_height=image_height, min_width=image_width, border_mode=cv2.BORDER_CONSTANT,
-                              fill=0, fill_mask=0, position="random"),
-                A.RandomCrop(image_height, image_width),
-            ]  # fmt: skip
-        if hflip:
-            steps.append(A.HorizontalFlip(p=0.5))
-        if color_jitter > 0:
-            steps.append(
-                A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
-                              hue=min(color_jitter / 4, 0.5), p=0.8)
-            )  # fmt: skip
+    height, width = processor_size(image_processor)
+    if not 0 < min_scale <= max_scale:
+        raise ValueError(f"--min_scale/--max_scale: need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}.")
+    steps = []
+    if (min_scale, max_scale) != (1.0, 1.0):
+        steps += [
+            A.RandomScale(scale_limit=(min_scale - 1.0, max_scale - 1.0), interpolation=cv2.INTER_LINEAR,
+                          mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
+            A.PadIfNeeded(min_height=height, min_width=width, border_mode=cv2.BORDER_CONSTANT,
+                          fill=0, fill_mask=0, position="random"),
+            A.RandomCrop(height, width),
+        ]  # fmt: skip
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if color_jitter > 0:
+        steps.append(
+            A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
+                          hue=min(color_jitter / 4, 0.5), p=0.8)
+        )  # fmt: skip
     return A.Compose(steps, seed=seed)
 
 
@@ -798,18 +838,23 @@ def apply_transform(transform, sample: Sample) -> Sample:
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """A source's samples as Mask2Former inputs for one task.
+    """A source's samples as Mask2Former inputs for one task, preprocessed by the model's image processor.
 
-    Items: `pixel_values` (normalised `(3, H, W)`), `mask_labels` (`(N, H, W)` float), `class_labels` (`(N,)` long)
-    and, with `with_targets`, `target`, the `EvalTarget` at the original resolution.
+    Every item goes through the same steps as an image at inference: the image processor's `resize` (its filter;
+    masks nearest), then, for training only, the random `augmentation`, then the processor's rescaling and
+    normalisation. Without augmentation, `pixel_values` equal `image_processor(images=image)["pixel_values"][0]`.
+
+    Items: `pixel_values` (`(3, H, W)`), `mask_labels` (`(N, H, W)` float), `class_labels` (`(N,)` long) and, with
+    `for_evaluation`, `dataset_index` (the item's index), by which the metrics look up `ground_truth(index)`.
 
     Args:
         source: a `CocoSegmentationSource`, `HFSegmentationSource`, `SyntheticSegmentationSource` or any sequence of
             `Sample`.
         task: "instance", "semantic" or "panoptic".
-        transform: albumentations pipeline (see `build_transforms`).
-        image_mean / image_std / rescale_factor: normalisation, taken from the image processor.
-        with_targets: add the `EvalTarget` (evaluation).
+        image_processor: the processor saved with the model (e.g. `Mask2FormerDINOv3ImageProcessor`), with a fixed
+            `size={"height": H, "width": W}`.
+        augmentation: random augmentation for training (see `build_augmentation`), or None.
+        for_evaluation: add `dataset_index` to the items.
         seed: mixed into the augmentation seed of each DataLoader worker. albumentations keeps its own generator,
             which forked workers would otherwise share (every worker drawing the same augmentations); give each
             process of a distributed run its own value.
@@ -819,22 +864,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self,
         source,
         task: str,
-        transform,
-        image_mean: Sequence[float],
-        image_std: Sequence[float],
-        rescale_factor: float = 1 / 255,
-        with_targets: bool = False,
+        image_processor,
+        augmentation=None,
+        for_evaluation: bool = False,
         seed: int = 0,
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        processor_size(image_processor)
         self.source = source
         self.task = task
-        self.transform = transform
-        self.mean = np.asarray(image_mean, np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(image_std, np.float32).reshape(3, 1, 1)
-        self.rescale_factor = rescale_factor
-        self.with_targets = with_targets
+        self.image_processor = image_processor
+        self.augmentation = augmentation
+        self.for_evaluation = for_evaluation
         self.seed = seed
         self._worker_key = None
 
@@ -843,41 +885,44 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _reseed_in_worker(self) -> None:
         worker = torch.utils.data.get_worker_info()
-        if worker is None or self.transform is None:
+        if worker is None or self.augmentation is None:
             return
         # torch gives every worker of every epoch its own seed, derived from the (seeded) main process.
         key = (worker.id, worker.seed)
         if key != self._worker_key:
             self._worker_key = key
-            self.transform.set_random_seed(int(np.random.SeedSequence([worker.seed, self.seed]).generate_state(1)[0]))
-
-    def normalize(self, image: np.ndarray) -> torch.Tensor:
-        """`(H, W, 3)` uint8 -> normalised `(3, H, W)` float tensor, as the image processor does."""
-        pixels = image.transpose(2, 0, 1).astype(np.float32) * self.rescale_factor
-        return torch.from_numpy((pixels - self.mean) / self.std)
+            self.augmentation.set_random_seed(int(np.random.SeedSequence([worker.seed, self.seed]).generate_state(1)[0]))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         self._reseed_in_worker()
-        sample = self.source[index]
-        augmented = apply_transform(self.transform, sample)
-        mask_labels, class_labels = training_targets(augmented, self.task)
+        sample = resize_sample(self.source[index], self.image_processor)
+        if self.augmentation is not None:
+            sample = apply_transform(self.augmentation, sample)
+        mask_labels, class_labels = training_targets(sample, self.task)
         item = {
-            "pixel_values": self.normalize(augmented.image),
+            "pixel_values": pixel_values_of(sample.image, self.image_processor),
             "mask_labels": torch.from_numpy(mask_labels),
             "class_labels": torch.from_numpy(class_labels),
         }
-        if self.with_targets:
-            item["target"] = eval_target(sample, self.task)
+        if self.for_evaluation:
+            item["dataset_index"] = index
         return item
+
+    def ground_truth(self, index: int) -> tuple[tuple[int, int], Any]:
+        """`((height, width), ground truth)` of item `index` at the image's original size, the ground truth in the
+        task's evaluator format (`evaluation_ground_truth`)."""
+        sample = self.source[index]
+        return tuple(sample.image.shape[:2]), evaluation_ground_truth(sample, self.task)
 
 
 class SegmentationCollator:
-    """Batches `SegmentationDataset` items: pads images (and masks) to the largest size, rounded up to a multiple of
-    `pad_to_multiple_of`, with `pixel_mask` marking real pixels; `mask_labels`/`class_labels` stay lists (one entry
-    per image, as Mask2Former expects); `targets` is passed through when present.
+    """Batches `SegmentationDataset` items: pads images (and masks) with zeros to the largest size, rounded up to a
+    multiple of `pad_to_multiple_of` (as the image processor pads), with `pixel_mask` marking real pixels;
+    `mask_labels`/`class_labels` stay lists (one entry per image, as Mask2Former expects); `dataset_index` becomes a
+    long tensor when the items carry it.
     """
 
-    def __init__(self, pad_to_multiple_of: int = SIZE_MULTIPLE):
+    def __init__(self, pad_to_multiple_of: int = INPUT_SIZE_MULTIPLE):
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -902,8 +947,8 @@ class SegmentationCollator:
             "mask_labels": mask_labels,
             "class_labels": class_labels,
         }
-        if "target" in items[0]:
-            batch["targets"] = [item["target"] for item in items]
+        if "dataset_index" in items[0]:
+            batch["dataset_index"] = torch.tensor([int(item["dataset_index"]) for item in items], dtype=torch.long)
         return batch
 
 
@@ -924,7 +969,6 @@ def find_roboflow_split(data_dir: str, split: str) -> tuple[str, str] | None:
 __all__ = [
     "CocoSegmentationSource",
     "DataError",
-    "EvalTarget",
     "HFSegmentationSource",
     "IGNORE_INDEX",
     "LabelMap",
@@ -933,17 +977,20 @@ __all__ = [
     "SegmentationDataset",
     "SyntheticSegmentationSource",
     "TASKS",
-    "synthetic_label_map",
     "apply_transform",
-    "build_transforms",
-    "eval_target",
+    "build_augmentation",
+    "evaluation_ground_truth",
     "find_roboflow_split",
     "label_map_from_coco",
     "label_map_from_semantic_class_to_id",
     "load_hf_dataset",
     "load_image",
     "panoptic_segments",
+    "pixel_values_of",
+    "processor_size",
+    "resize_sample",
     "semantic_map",
+    "synthetic_label_map",
     "to_rgb_array",
     "training_targets",
 ]

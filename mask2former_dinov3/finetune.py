@@ -24,7 +24,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config
+from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config, check_input_size
 from .data import (
     IGNORE_INDEX,
     CocoSegmentationSource,
@@ -34,8 +34,7 @@ from .data import (
     SegmentationCollator,
     SegmentationDataset,
     SyntheticSegmentationSource,
-    build_transforms,
-    check_image_size,
+    build_augmentation,
     find_roboflow_split,
     label_map_from_semantic_class_to_id,
     load_hf_dataset,
@@ -49,7 +48,6 @@ from .training import (
     Mask2FormerTrainer,
     save_json,
     save_prediction_overlays,
-    set_backbone_frozen,
     write_model_card,
 )
 
@@ -182,6 +180,13 @@ class SegmentationTrainingArguments(TrainingArguments):
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs every field of the dataset items."}
+    )
+    batch_eval_metrics: bool = field(
+        default=True,
+        metadata={"help": "Kept True: the segmentation metrics are accumulated batch by batch (as transformers' example)."},
+    )
+    eval_do_concat_batches: bool = field(
+        default=False, metadata={"help": "Kept False: evaluation batches are never concatenated (see batch_eval_metrics)."}
     )
 
 
@@ -482,7 +487,7 @@ def build_model(model_args: ModelArguments, data_args: DataTrainingArguments, la
         model = cls(offline_default_config(label_map, **overrides))
         pretrained = False
     if model_args.freeze_backbone:
-        set_backbone_frozen(model, True)
+        model.freeze_backbone()
     image_processor = Mask2FormerDINOv3ImageProcessor(
         size={"height": data_args.image_height, "width": data_args.image_width},
         do_reduce_labels=data_args.do_reduce_labels,
@@ -560,7 +565,8 @@ def training_settings(trainer, data_args, model_args, bundle, pretrained_note: s
         "gradient checkpointing": bool(getattr(args, "gradient_checkpointing", False)),
         "frozen backbone": model_args.freeze_backbone,
         "augmentation": (
-            f"resize to {data_args.image_height}x{data_args.image_width}, scale jitter {data_args.min_scale}-"
+            f"image processor's resize to {data_args.image_height}x{data_args.image_width}, scale jitter "
+            f"{data_args.min_scale}-"
             f"{data_args.max_scale} (pad / random crop), "
             + ("horizontal flip, " if data_args.hflip else "")
             + (f"colour jitter {data_args.color_jitter}" if data_args.color_jitter > 0 else "no colour jitter")
@@ -584,7 +590,7 @@ def _barrier(training_args) -> None:
 def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, float]:
     """Train and/or evaluate as the arguments say; returns the evaluation metrics (empty without --do_eval)."""
     _setup_logging(training_args)
-    check_image_size(data_args.image_height, data_args.image_width)
+    check_input_size(data_args.image_height, data_args.image_width, name="--image_height/--image_width")
     # Every process inspects the output folder before any process writes to it.
     checkpoint = resolve_checkpoint(training_args)
     _barrier(training_args)
@@ -598,23 +604,18 @@ def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_a
     if backbone_lr_multiplier is None:
         backbone_lr_multiplier = 0.1 if pretrained else 1.0
 
-    normalisation = dict(
-        image_mean=image_processor.image_mean, image_std=image_processor.image_std, rescale_factor=image_processor.rescale_factor
-    )
+    # Training, evaluation and the saved model all prepare pixels with this one image processor (the object saved to
+    # output_dir): eval_results.json then describes the model as users run it.
     train_dataset = eval_dataset = None
     if bundle.train is not None:
-        train_transform = build_transforms(
-            data_args.image_height, data_args.image_width, train=True, min_scale=data_args.min_scale,
-            max_scale=data_args.max_scale, color_jitter=data_args.color_jitter, hflip=data_args.hflip,
-            seed=training_args.seed + training_args.process_index,
+        seed = training_args.seed + training_args.process_index
+        augmentation = build_augmentation(
+            image_processor, min_scale=data_args.min_scale, max_scale=data_args.max_scale,
+            color_jitter=data_args.color_jitter, hflip=data_args.hflip, seed=seed,
         )  # fmt: skip
-        train_dataset = SegmentationDataset(
-            bundle.train, data_args.task, train_transform, seed=training_args.seed + training_args.process_index,
-            **normalisation,
-        )
-    eval_transform = build_transforms(data_args.image_height, data_args.image_width, train=False)
+        train_dataset = SegmentationDataset(bundle.train, data_args.task, image_processor, augmentation, seed=seed)
     if bundle.validation is not None:
-        eval_dataset = SegmentationDataset(bundle.validation, data_args.task, eval_transform, with_targets=True, **normalisation)
+        eval_dataset = SegmentationDataset(bundle.validation, data_args.task, image_processor, for_evaluation=True)
 
     trainer = Mask2FormerTrainer(
         model=model,
@@ -653,7 +654,7 @@ def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_a
             save_json(os.path.join(output_dir, "eval_results.json"), metrics)
             save_json(os.path.join(output_dir, "all_results.json"), metrics, merge=True)
     if training_args.do_predict and bundle.test is not None:
-        test_dataset = SegmentationDataset(bundle.test, data_args.task, eval_transform, with_targets=True, **normalisation)
+        test_dataset = SegmentationDataset(bundle.test, data_args.task, image_processor, for_evaluation=True)
         test_metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
         trainer.log_metrics("test", test_metrics)
         if trainer.is_world_process_zero():
@@ -666,12 +667,13 @@ def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_a
             os.path.join(output_dir, "label_map.json"),
             {"id2label": label_map.id2label, "thing_ids": sorted(label_map.thing_ids), "stuff_ids": label_map.stuff_ids},
         )
-        if bundle.validation is not None and data_args.num_overlay_images > 0:
+        if eval_dataset is not None and data_args.num_overlay_images > 0:
             overlay_dir = os.path.join(output_dir, "predictions")
             shutil.rmtree(overlay_dir, ignore_errors=True)  # never mix overlays of two runs
             paths = save_prediction_overlays(
-                trainer.accelerator.unwrap_model(trainer.model), image_processor, bundle.validation, data_args.task,
-                label_map, overlay_dir, num_images=data_args.num_overlay_images, threshold=data_args.overlay_threshold,
+                trainer.accelerator.unwrap_model(trainer.model), eval_dataset, label_map, overlay_dir,
+                num_images=data_args.num_overlay_images, instance_threshold=data_args.overlay_threshold,
+                panoptic_threshold=data_args.panoptic_threshold,
             )  # fmt: skip
             logger.info("Wrote %d prediction overlays to %s", len(paths), overlay_dir)
         if training_args.do_train:

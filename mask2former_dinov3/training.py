@@ -3,11 +3,15 @@
 * `build_param_groups`: optimizer parameter groups with a lower learning rate for the DINOv3 backbone
   (`backbone_lr_multiplier`, Mask2Former uses 0.1) and layer-wise learning-rate decay for ViT backbones
   (`layer_decay`), without weight decay on biases, norms, tokens and query / level embeddings.
-* `Mask2FormerTrainer`: a `Trainer` that builds those groups and evaluates with the package's metrics (COCO mask AP,
-  mIoU or PQ). Each process runs its shard of the validation set; the per-image metric states are all-gathered and
-  merged by image id (so an image that distributed padding gave to two processes counts once) and every process gets
-  the same numbers.
-* `set_backbone_frozen`, `write_model_card`, `save_prediction_overlays`.
+* `post_process_predictions`: the one evaluation post-processing (the image processor's `post_process_*` at each
+  image's original size, in the metrics' format), used by the metrics and the overlays.
+* `SegmentationMetrics`: Trainer's `compute_metrics` for `batch_eval_metrics=True` (COCO mask AP, mIoU or PQ).
+* `Mask2FormerTrainer`: a `Trainer` that builds those groups and evaluates with those metrics through Trainer's
+  public hooks: `prediction_step` returns only the class and mask logits and, as labels, the dataset indices of the
+  batch; Trainer gathers them from every process (dropping the images the distributed sampler repeated) and the
+  metrics look the ground truth up in the evaluated dataset, each image once, so every process gets the numbers of
+  a single-process evaluation.
+* `write_model_card`, `save_prediction_overlays`.
 """
 
 from __future__ import annotations
@@ -26,9 +30,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 from transformers import Trainer
-from transformers.trainer_utils import EvalLoopOutput
 
-from .data import IGNORE_INDEX, EvalTarget, LabelMap, Sample, panoptic_segments, semantic_map
+from .data import IGNORE_INDEX, LabelMap, SegmentationCollator, SegmentationDataset
 from .metrics import (
     InstanceSegmentationEvaluator,
     PanopticQualityEvaluator,
@@ -45,16 +48,8 @@ _NO_DECAY_NAME = re.compile(r"(cls_token|mask_token|register_tokens|level_embed|
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Backbone freezing and optimizer parameter groups
+# Optimizer parameter groups
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def set_backbone_frozen(model: nn.Module, frozen: bool = True) -> None:
-    """Freeze (or unfreeze) the DINOv3 backbone of a `Mask2FormerDINOv3ForUniversalSegmentation`, config included."""
-    pixel_level_module = model.model.pixel_level_module
-    pixel_level_module.encoder.requires_grad_(not frozen)
-    pixel_level_module.freeze_backbone = frozen
-    model.config.freeze_backbone = frozen
 
 
 def vit_layer_id(name: str, num_layers: int) -> int | None:
@@ -120,7 +115,7 @@ def build_param_groups(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Trainer
+# Evaluation: post-processing and metrics
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -140,6 +135,164 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def post_process_predictions(
+    image_processor,
+    class_queries_logits: torch.Tensor,
+    masks_queries_logits: torch.Tensor,
+    task: str,
+    target_sizes: Sequence[tuple[int, int]],
+    instance_threshold: float = 0.0,
+    panoptic_threshold: float = 0.5,
+    label_ids_to_fuse: set[int] | None = None,
+) -> list:
+    """Predictions of a batch at each image's original size, in the format of the task's evaluator.
+
+    The image processor's own post-processing, as at inference: instance: `post_process_instance_segmentation(
+    threshold=instance_threshold, return_binary_maps=True)` turned into `{"masks", "labels", "scores"}`
+    (`instance_prediction_from_post_processed`); semantic: `post_process_semantic_segmentation`, `(H, W)` numpy
+    label maps; panoptic: `post_process_panoptic_segmentation(threshold=panoptic_threshold,
+    label_ids_to_fuse=...)`, `{"segmentation", "segments_info"}`. The logits are post-processed in float32 whatever
+    the autocast dtype was (they are interpolated to the original size).
+    """
+    if task not in MAIN_METRIC:
+        raise ValueError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
+    logits = SimpleNamespace(
+        class_queries_logits=class_queries_logits.float(), masks_queries_logits=masks_queries_logits.float()
+    )
+    sizes = [tuple(int(v) for v in size) for size in target_sizes]
+    if task == "instance":
+        results = image_processor.post_process_instance_segmentation(
+            logits, threshold=instance_threshold, target_sizes=sizes, return_binary_maps=True
+        )
+        return [instance_prediction_from_post_processed(r, image_size=s) for r, s in zip(results, sizes)]
+    if task == "semantic":
+        return [m.cpu().numpy() for m in image_processor.post_process_semantic_segmentation(logits, target_sizes=sizes)]
+    results = image_processor.post_process_panoptic_segmentation(
+        logits, threshold=panoptic_threshold, label_ids_to_fuse=set(label_ids_to_fuse or ()), target_sizes=sizes
+    )
+    return [
+        {"segmentation": r["segmentation"].cpu().numpy(), "segments_info": list(r["segments_info"])} for r in results
+    ]
+
+
+class SegmentationMetrics:
+    """Trainer's `compute_metrics` for segmentation, with `batch_eval_metrics=True`.
+
+    Each call gets one gathered batch: `predictions` = `(class_queries_logits, masks_queries_logits)` and
+    `label_ids` = the dataset indices of its images (see `Mask2FormerTrainer.prediction_step`). The ground truth is
+    looked up in the dataset being evaluated (`start(dataset)`, which `Mask2FormerTrainer.evaluate` calls), the
+    predictions are post-processed with `post_process_predictions`, and an image seen before (an image the
+    distributed sampler repeated) is skipped. With `compute_result=True` (the last batch) the metrics are returned,
+    flattened (`flatten_metrics`), with `num_images`. Every process receives every gathered batch, so each
+    computes the same numbers by itself.
+
+    Args:
+        task: "instance", "semantic" or "panoptic".
+        label_map: the `LabelMap` of the data (class names, things / stuff).
+        image_processor: the processor whose `post_process_*_segmentation` is used.
+        instance_threshold: score threshold of instance post-processing (0: keep every query, as COCO AP expects
+            ranked detections).
+        panoptic_threshold: score threshold of panoptic post-processing.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        label_map: LabelMap,
+        image_processor,
+        instance_threshold: float = 0.0,
+        panoptic_threshold: float = 0.5,
+    ):
+        if task not in MAIN_METRIC:
+            raise ValueError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
+        self.task = task
+        self.label_map = label_map
+        self.image_processor = image_processor
+        self.instance_threshold = instance_threshold
+        self.panoptic_threshold = panoptic_threshold
+        self.dataset = None
+        self.evaluator = None
+        self.seen: set[int] = set()
+
+    def make_evaluator(self):
+        """A fresh metric accumulator for the task."""
+        label_map = self.label_map
+        if self.task == "instance":
+            return InstanceSegmentationEvaluator(class_names=label_map.id2label)
+        if self.task == "semantic":
+            return SemanticSegmentationEvaluator(
+                num_classes=label_map.num_labels, ignore_index=IGNORE_INDEX, class_names=label_map.id2label
+            )
+        categories = [
+            {"id": i, "name": name, "isthing": int(i in label_map.thing_ids)} for i, name in label_map.id2label.items()
+        ]
+        return PanopticQualityEvaluator(categories)
+
+    def start(self, dataset) -> None:
+        """Begin an evaluation of `dataset` (a `SegmentationDataset(for_evaluation=True)`): forget earlier images."""
+        if not hasattr(dataset, "ground_truth"):
+            raise ValueError(
+                f"Segmentation metrics need the evaluated dataset's ground truth: pass a SegmentationDataset built "
+                f"with for_evaluation=True, got {type(dataset).__name__}."
+            )
+        self.dataset = dataset
+        self.evaluator = self.make_evaluator()
+        self.seen = set()
+
+    def update(self, class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor, indices) -> None:
+        """Add one batch: its logits and the dataset indices of its images (repeated images are skipped)."""
+        indices = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
+        keep = []
+        for position, index in enumerate(indices):
+            if index not in self.seen:
+                self.seen.add(index)
+                keep.append(position)
+        if not keep:
+            return
+        truths = [self.dataset.ground_truth(indices[k]) for k in keep]
+        predictions = post_process_predictions(
+            self.image_processor,
+            class_queries_logits[keep],
+            masks_queries_logits[keep],
+            self.task,
+            [size for size, _ in truths],
+            instance_threshold=self.instance_threshold,
+            panoptic_threshold=self.panoptic_threshold,
+            label_ids_to_fuse=set(self.label_map.stuff_ids),
+        )
+        self.evaluator.update([truth for _, truth in truths], predictions, image_ids=[indices[k] for k in keep])
+
+    def __call__(self, eval_prediction, compute_result: bool = False) -> dict[str, float] | None:
+        """Trainer's batch-wise `compute_metrics(eval_prediction, compute_result)`."""
+        if self.evaluator is None:
+            raise RuntimeError(
+                "SegmentationMetrics.start(dataset) was not called: evaluate through Mask2FormerTrainer.evaluate(), "
+                "which starts the metrics on the dataset it evaluates."
+            )
+        predictions = eval_prediction.predictions
+        if not isinstance(predictions, (tuple, list)) or len(predictions) != 2:
+            raise ValueError(
+                "Segmentation metrics expect (class_queries_logits, masks_queries_logits) batches: use "
+                "Mask2FormerTrainer with batch_eval_metrics=True and eval_do_concat_batches=False."
+            )
+        self.update(predictions[0], predictions[1], eval_prediction.label_ids)
+        if not compute_result:
+            return None
+        # Every process already holds every gathered batch: no further synchronisation.
+        metrics = self.evaluator.compute(sync=False)
+        num_images = int(metrics.pop("num_images"))
+        flat = flatten_metrics(metrics)
+        flat["num_images"] = float(num_images)
+        return flat
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------------------------------
+
+LOGIT_KEYS = ("class_queries_logits", "masks_queries_logits")
+
+
 class Mask2FormerTrainer(Trainer):
     """`Trainer` for Mask2FormerDINOv3: backbone / layer-wise learning rates, and segmentation metrics at evaluation.
 
@@ -152,7 +305,9 @@ class Mask2FormerTrainer(Trainer):
             query, as COCO AP expects ranked detections).
         panoptic_threshold: `threshold` of `post_process_panoptic_segmentation`.
 
-    The evaluation dataset must yield `targets` (`EvalTarget`s, see `SegmentationDataset(with_targets=True)`).
+    Evaluation datasets must be `SegmentationDataset(for_evaluation=True)`: their batches carry `dataset_index`,
+    which `prediction_step` returns as labels. Unless `compute_metrics` is given, the metrics are a
+    `SegmentationMetrics`, which needs `batch_eval_metrics=True` and `eval_do_concat_batches=False` (set here).
     """
 
     def __init__(
@@ -167,12 +322,23 @@ class Mask2FormerTrainer(Trainer):
         panoptic_threshold: float = 0.5,
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
-        # The evaluation batches carry `targets` (ground truth for the metrics), which is no argument of the model's
-        # forward: Trainer must not drop it (transformers' own segmentation example forces the same).
-        self.args.remove_unused_columns = False
         if task not in MAIN_METRIC:
             raise ValueError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
+        self.segmentation_metrics = None
+        if kwargs.get("compute_metrics") is None and label_map is not None and image_processor is not None:
+            self.segmentation_metrics = SegmentationMetrics(
+                task, label_map, image_processor, instance_threshold=instance_threshold,
+                panoptic_threshold=panoptic_threshold,
+            )  # fmt: skip
+            kwargs["compute_metrics"] = self.segmentation_metrics
+        super().__init__(*args, **kwargs)
+        # Evaluation batches carry `dataset_index`, no argument of the model's forward: Trainer must not drop it.
+        self.args.remove_unused_columns = False
+        if self.segmentation_metrics is not None:
+            # Metrics per gathered batch: concatenating every batch's mask logits would hold the whole evaluation
+            # set's logits in memory (transformers' own segmentation example sets the same).
+            self.args.batch_eval_metrics = True
+            self.args.eval_do_concat_batches = False
         self.task = task
         self.label_map = label_map
         self.image_processor = image_processor
@@ -215,124 +381,47 @@ class Mask2FormerTrainer(Trainer):
 
     # -- evaluation ---------------------------------------------------------------------------------------------------
 
-    def _model_for_evaluation(self) -> nn.Module:
-        # As Trainer's evaluation loop: a model not yet prepared (evaluation without training) is prepared here, so
-        # that DeepSpeed / FSDP shards are set up.
-        if self.is_deepspeed_enabled and self.deepspeed is None:
-            from transformers.integrations.deepspeed import deepspeed_init
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Trainer's `evaluate`, with the segmentation metrics started on the dataset it evaluates."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if self.segmentation_metrics is not None and not isinstance(dataset, dict):
+            # A dict of datasets comes back here once per dataset (Trainer.evaluate recurses).
+            self.segmentation_metrics.start(dataset)
+        metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        # Trainer times the model's preparation when evaluating without training; keep eval_results.json's keys the
+        # same for every kind of run.
+        metrics.pop(f"{metric_key_prefix}_model_preparation_time", None)
+        return metrics
 
-            deepspeed_init(self, num_training_steps=0, inference=True)
-        model = self._wrap_model(self.model, training=False)
-        if len(self.accelerator._models) == 0 and model is self.model:
-            if self.is_deepspeed_enabled or (self.is_fsdp_enabled and not self.args.torch_compile):
-                model = self.accelerator.prepare(model)
-            else:
-                model = self.accelerator.prepare_model(model, evaluation_mode=True)
-            if self.is_fsdp_enabled:
-                self.model = model
-            if model is not self.model:
-                self.model_wrapped = model
-            if self.is_deepspeed_enabled:
-                self.deepspeed = self.model_wrapped
-        return model
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """Trainer's `predict`, with the segmentation metrics started on `test_dataset`."""
+        if self.segmentation_metrics is not None:
+            self.segmentation_metrics.start(test_dataset)
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
-    def make_evaluator(self):
-        """A fresh metric accumulator for the task."""
-        label_map = self.label_map
-        if self.task == "instance":
-            return InstanceSegmentationEvaluator(class_names=label_map.id2label)
-        if self.task == "semantic":
-            return SemanticSegmentationEvaluator(
-                num_classes=label_map.num_labels, ignore_index=IGNORE_INDEX, class_names=label_map.id2label
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """Trainer's loss; with `return_outputs`, the outputs are cut down to the class and mask logits, so that
+        evaluation neither keeps nor gathers the hidden states and auxiliary predictions."""
+        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if not return_outputs:
+            return result
+        loss, outputs = result
+        return loss, {key: outputs[key] for key in LOGIT_KEYS}
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """Trainer's prediction step returning `(loss, (class_queries_logits, masks_queries_logits), dataset
+        indices)`: the indices are what Trainer gathers as labels; the metrics look the ground truth up by them."""
+        inputs = dict(inputs)
+        indices = inputs.pop("dataset_index", None)
+        if indices is None and not prediction_loss_only and self.segmentation_metrics is not None:
+            raise ValueError(
+                "Evaluation batches carry no 'dataset_index': build the evaluation dataset with "
+                "SegmentationDataset(..., for_evaluation=True) so that the metrics can find each image's ground truth."
             )
-        categories = [
-            {"id": i, "name": name, "isthing": int(i in label_map.thing_ids)} for i, name in label_map.id2label.items()
-        ]
-        return PanopticQualityEvaluator(categories)
-
-    def post_process(self, outputs, targets: Sequence[EvalTarget]) -> list:
-        """Predictions in the evaluator's format, at each image's original size."""
-        # Post-processing interpolates the logits: do it in float32 whatever the autocast dtype was.
-        logits = SimpleNamespace(
-            class_queries_logits=outputs.class_queries_logits.float(),
-            masks_queries_logits=outputs.masks_queries_logits.float(),
-        )
-        sizes = [tuple(t.size) for t in targets]
-        processor = self.image_processor
-        if self.task == "instance":
-            results = processor.post_process_instance_segmentation(
-                logits, threshold=self.instance_threshold, target_sizes=sizes, return_binary_maps=True
-            )
-            return [instance_prediction_from_post_processed(r, image_size=s) for r, s in zip(results, sizes)]
-        if self.task == "semantic":
-            return [m.cpu() for m in processor.post_process_semantic_segmentation(logits, target_sizes=sizes)]
-        return processor.post_process_panoptic_segmentation(
-            logits,
-            threshold=self.panoptic_threshold,
-            label_ids_to_fuse=set(self.label_map.stuff_ids),
-            target_sizes=sizes,
-        )
-
-    def ground_truth(self, target: EvalTarget):
-        """One `EvalTarget` in the evaluator's format."""
-        if self.task == "instance":
-            return {"masks": target.masks, "labels": target.labels, "iscrowd": target.iscrowd, "size": target.size}
-        if self.task == "semantic":
-            return target.semantic
-        infos = [{"id": s["id"], "category_id": s["label_id"], "iscrowd": int(s["iscrowd"])} for s in target.segments_info]
-        return {"segmentation": target.segment_map, "segments_info": infos}
-
-    def evaluation_loop(
-        self,
-        dataloader,
-        description: str,
-        prediction_loss_only: bool | None = None,
-        ignore_keys: list[str] | None = None,
-        metric_key_prefix: str = "eval",
-    ) -> EvalLoopOutput:
-        """Runs this process's shard, then merges every process's per-image metric states (each image once)."""
-        model = self._model_for_evaluation()
-        model.eval()
-        evaluator = self.make_evaluator()
-        seen: set = set()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.args.device)
-        num_batches = 0
-        logger.info("***** Running %s (%s) *****", description, self.task)
-        self.callback_handler.eval_dataloader = dataloader
-        for batch in dataloader:
-            targets = batch.pop("targets")
-            batch = self._prepare_inputs(batch)
-            with torch.no_grad(), self.compute_loss_context_manager():
-                outputs = model(**batch)
-            if outputs.loss is not None:
-                loss_sum += outputs.loss.detach().double()
-                num_batches += 1
-            self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
-            keep = []
-            for i, target in enumerate(targets):
-                # Distributed padding can repeat an image within one shard too.
-                if target.image_id not in seen:
-                    seen.add(target.image_id)
-                    keep.append(i)
-            if not keep:
-                continue
-            predictions = self.post_process(outputs, targets)
-            evaluator.update(
-                [self.ground_truth(targets[i]) for i in keep],
-                [predictions[i] for i in keep],
-                image_ids=[targets[i].image_id for i in keep],
-            )
-        # A collective on every process: gathers every shard's per-image records, merges by image id.
-        metrics = evaluator.compute()
-        totals = torch.stack([loss_sum, torch.tensor(float(num_batches), dtype=torch.float64, device=loss_sum.device)])
-        totals = self.accelerator.reduce(totals, reduction="sum")
-        num_images = int(metrics.pop("num_images"))
-        flat = flatten_metrics(metrics)
-        if totals[1] > 0:
-            flat["loss"] = float(totals[0] / totals[1])
-        flat["num_images"] = float(num_images)
-        flat = {f"{metric_key_prefix}_{k}": v for k, v in flat.items()}
-        return EvalLoopOutput(predictions=None, label_ids=None, metrics=flat, num_samples=num_images)
+        loss, logits, _ = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, logits, indices
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -376,71 +465,59 @@ def draw_segments(
     return result
 
 
-def _segments_of(sample: Sample, task: str) -> tuple[list[np.ndarray], list[int]]:
+def segments_to_draw(item: Any, task: str) -> tuple[list[np.ndarray], list[int], list[float] | None]:
+    """`(masks, labels, scores)` to draw of a ground truth or prediction in the evaluator's format (crowd regions
+    left out; scores None where there are none)."""
     if task == "instance":
-        keep = np.flatnonzero(sample.is_instance & ~sample.iscrowd)
-        return [sample.masks[i] for i in keep], [int(sample.labels[i]) for i in keep]
+        keep = [i for i in range(len(item["labels"])) if not ("iscrowd" in item and item["iscrowd"][i])]
+        scores = [float(item["scores"][i]) for i in keep] if "scores" in item else None
+        return [np.asarray(item["masks"][i]) for i in keep], [int(item["labels"][i]) for i in keep], scores
     if task == "semantic":
-        semantic = semantic_map(sample)
-        classes = [int(c) for c in np.unique(semantic) if c != IGNORE_INDEX]
-        return [semantic == c for c in classes], classes
-    segment_map, infos = panoptic_segments(sample)
-    return [segment_map == s["id"] for s in infos], [s["label_id"] for s in infos]
+        classes = [int(c) for c in np.unique(item) if c != IGNORE_INDEX]
+        return [item == c for c in classes], classes, None
+    segments = [s for s in item["segments_info"] if not s.get("iscrowd", 0)]
+    labels = [int(s.get("category_id", s.get("label_id"))) for s in segments]
+    scores = [float(s["score"]) for s in segments] if all("score" in s for s in segments) and segments else None
+    return [item["segmentation"] == s["id"] for s in segments], labels, scores
 
 
 @torch.no_grad()
 def save_prediction_overlays(
     model: nn.Module,
-    image_processor,
-    source,
-    task: str,
+    dataset: SegmentationDataset,
     label_map: LabelMap,
     output_dir: str,
     num_images: int = 4,
-    threshold: float = 0.5,
+    instance_threshold: float = 0.5,
+    panoptic_threshold: float = 0.5,
 ) -> list[str]:
-    """Save `num_images` PNGs of the first images of `source`: ground truth (left) beside the prediction (right).
+    """Save `num_images` PNGs of the first images of `dataset`: ground truth (left) beside the prediction (right).
 
-    Predictions come from the image processor + model as at inference (`post_process_*_segmentation`, instance score
-    `threshold`). Returns the written paths.
+    The prediction goes through evaluation's own path: the dataset's preprocessing (the image processor) and
+    `post_process_predictions` (instance scores below `instance_threshold` are not drawn). Returns the written
+    paths.
     """
     os.makedirs(output_dir, exist_ok=True)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     names = label_map.id2label
+    collate = SegmentationCollator()
     paths = []
-    for index in range(min(num_images, len(source))):
-        sample = source[index]
-        inputs = image_processor(images=sample.image, return_tensors="pt").to(device)
-        outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=inputs.get("pixel_mask"))
-        logits = SimpleNamespace(
-            class_queries_logits=outputs.class_queries_logits.float(),
-            masks_queries_logits=outputs.masks_queries_logits.float(),
-        )
-        size = [sample.image.shape[:2]]
-        scores = None
-        if task == "instance":
-            result = image_processor.post_process_instance_segmentation(
-                logits, threshold=threshold, target_sizes=size, return_binary_maps=True
-            )[0]
-            prediction = instance_prediction_from_post_processed(result, image_size=size[0])
-            pred_masks, pred_labels, scores = list(prediction["masks"]), list(prediction["labels"]), list(prediction["scores"])
-        elif task == "semantic":
-            semantic = image_processor.post_process_semantic_segmentation(logits, target_sizes=size)[0].cpu().numpy()
-            pred_labels = [int(c) for c in np.unique(semantic)]
-            pred_masks = [semantic == c for c in pred_labels]
-        else:
-            result = image_processor.post_process_panoptic_segmentation(
-                logits, label_ids_to_fuse=set(label_map.stuff_ids), target_sizes=size
-            )[0]
-            segmentation = np.asarray(result["segmentation"].cpu() if hasattr(result["segmentation"], "cpu") else result["segmentation"])
-            pred_masks = [segmentation == s["id"] for s in result["segments_info"]]
-            pred_labels = [s["label_id"] for s in result["segments_info"]]
-            scores = [s.get("score", 1.0) for s in result["segments_info"]]
-        gt_masks, gt_labels = _segments_of(sample, task)
-        left = draw_segments(sample.image, gt_masks, gt_labels, names)
-        right = draw_segments(sample.image, pred_masks, pred_labels, names, scores)
+    for index in range(min(num_images, len(dataset))):
+        batch = collate([dataset[index]])
+        outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+        size, truth = dataset.ground_truth(index)
+        prediction = post_process_predictions(
+            dataset.image_processor, outputs.class_queries_logits, outputs.masks_queries_logits, dataset.task, [size],
+            instance_threshold=instance_threshold, panoptic_threshold=panoptic_threshold,
+            label_ids_to_fuse=set(label_map.stuff_ids),
+        )[0]  # fmt: skip
+        sample = dataset.source[index]
+        truth_masks, truth_labels, _ = segments_to_draw(truth, dataset.task)
+        masks, labels, scores = segments_to_draw(prediction, dataset.task)
+        left = draw_segments(sample.image, truth_masks, truth_labels, names)
+        right = draw_segments(sample.image, masks, labels, names, scores)
         width, height = left.size
         panel = Image.new("RGB", (2 * width + 4, height + 14), (255, 255, 255))
         panel.paste(left, (0, 14))
@@ -584,12 +661,14 @@ def save_json(path: str, data: dict, merge: bool = False) -> None:
 __all__ = [
     "MAIN_METRIC",
     "Mask2FormerTrainer",
+    "SegmentationMetrics",
     "build_param_groups",
     "draw_segments",
     "flatten_metrics",
+    "post_process_predictions",
     "save_json",
     "save_prediction_overlays",
-    "set_backbone_frozen",
+    "segments_to_draw",
     "vit_layer_id",
     "write_model_card",
 ]

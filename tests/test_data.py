@@ -21,20 +21,23 @@ from mask2former_dinov3.data import (
     SegmentationDataset,
     SyntheticSegmentationSource,
     apply_transform,
-    build_transforms,
-    eval_target,
+    build_augmentation,
+    evaluation_ground_truth,
     find_roboflow_split,
     label_map_from_semantic_class_to_id,
     load_image,
     panoptic_segments,
+    resize_sample,
     segments_from_annotation_png,
     semantic_map,
     to_rgb_array,
     training_targets,
 )
+from mask2former_dinov3.image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
 
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+def _processor(height, width, **kwargs):
+    return Mask2FormerDINOv3ImageProcessor(size={"height": height, "width": width}, **kwargs)
 
 
 def _rgb(height, width, value=(90, 120, 150)):
@@ -141,8 +144,9 @@ def test_crowd_regions_are_not_trained_but_reach_the_metrics(coco_dir):
     sample = source[1]
     _, classes = training_targets(sample, "instance")
     assert classes.tolist() == [2]  # the crowd "cat" region is not a training instance
-    target = eval_target(sample, "instance")
-    assert target.labels.tolist() == [2, 0] and target.iscrowd.tolist() == [False, True]
+    target = evaluation_ground_truth(sample, "instance")
+    assert target["labels"].tolist() == [2, 0] and target["iscrowd"].tolist() == [False, True]
+    assert target["size"] == (16, 20) and target["masks"].shape == (2, 16, 20)
     # Panoptic: the crowd segment is kept (flagged) for PQ's crowd rule, but not trained on.
     _, infos = panoptic_segments(sample)
     assert sorted((i["label_id"], i["iscrowd"]) for i in infos) == [(0, True), (2, False)]
@@ -157,7 +161,8 @@ def test_empty_image_trains_with_finite_loss(coco_dir):
 
     root, _ = coco_dir
     source = CocoSegmentationSource(*find_roboflow_split(str(root), "train"))
-    dataset = SegmentationDataset(source, "instance", build_transforms(64, 64, train=True, seed=0), MEAN, STD)
+    processor = _processor(64, 64)
+    dataset = SegmentationDataset(source, "instance", processor, build_augmentation(processor, seed=0))
     item = dataset[2]
     assert item["mask_labels"].shape == (0, 64, 64) and item["class_labels"].shape == (0,)
     batch = SegmentationCollator()([item, dataset[2]])  # a batch without a single instance
@@ -309,11 +314,17 @@ def test_image_smaller_than_the_crop_is_resized_up(tmp_path):
     mask = np.zeros((1, 12, 20), np.uint8)
     mask[0, :, :10] = 1
     sample = Sample(image, mask, [0], [False], [True], image_id=0)
+    processor = _processor(64, 96)
     for train in (False, True):
-        transform = build_transforms(64, 96, train=train, min_scale=1.0, max_scale=1.0, color_jitter=0.0, hflip=False)
-        out = apply_transform(transform, sample)
+        out = resize_sample(sample, processor)
+        if train:
+            augmentation = build_augmentation(processor, min_scale=1.0, max_scale=1.0, color_jitter=0.0, hflip=False)
+            out = apply_transform(augmentation, out)
         assert out.image.shape == (64, 96, 3) and out.masks.shape == (1, 64, 96)
         assert out.masks[0][:, :46].all() and not out.masks[0][:, 50:].any()
+        assert set(np.unique(out.masks).tolist()) == {0, 1}  # nearest neighbour: still binary
+        # The red half of the image is where the mask is.
+        assert (out.image[:, :46, 0] > 200).all() and (out.image[:, 50:, 0] < 50).all()
 
 
 def test_augmentation_keeps_masks_aligned_with_pixels():
@@ -324,9 +335,10 @@ def test_augmentation_keeps_masks_aligned_with_pixels():
         masks[k, y : y + s, x : x + s] = 1
         image[masks[k].astype(bool)] = 255
     sample = Sample(image, masks, [0, 1, 2], [False] * 3, [True] * 3, image_id=0)
-    transform = build_transforms(64, 64, train=True, min_scale=0.5, max_scale=2.0, color_jitter=0.0, seed=int(rng.integers(1000)))
+    processor = _processor(64, 64)
+    transform = build_augmentation(processor, min_scale=0.5, max_scale=2.0, color_jitter=0.0, seed=int(rng.integers(1000)))
     for _ in range(10):
-        out = apply_transform(transform, sample)
+        out = apply_transform(transform, resize_sample(sample, processor))
         union = out.masks.any(0)
         bright = out.image[..., 0] > 127
         # Pixels and masks move together: they differ only on interpolated borders (a flip or shift applied to
@@ -387,19 +399,56 @@ def test_collator_pads_to_multiple_of_32_and_keeps_lists():
     assert "targets" not in batch
 
 
-def test_dataset_items_are_normalised_like_the_image_processor():
-    from mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
+def test_evaluation_pixels_equal_the_image_processor_for_any_image_size():
+    """The pixels evaluation feeds the model are the image processor's, for images larger and smaller than the
+    (non-square) training size: one preprocessing path (the processor's antialiased resize, rescale, normalise)."""
+    rng = np.random.default_rng(0)
+    sizes = [(37, 53), (150, 210), (100, 40), (64, 96), (300, 97)]
+    samples = []
+    for index, (height, width) in enumerate(sizes):
+        # Noise: any other resize filter (e.g. without antialiasing) differs by far more than the tolerance.
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        masks = (rng.random((2, height, width)) > 0.5).astype(np.uint8)
+        samples.append(Sample(image, masks, [0, 1], [False, False], [True, True], image_id=100 + index))
+    processor = _processor(64, 96, image_mean=[0.2, 0.3, 0.4], image_std=[0.1, 0.2, 0.3])
+    dataset = SegmentationDataset(samples, "instance", processor, for_evaluation=True)
+    batch = SegmentationCollator()([dataset[i] for i in range(len(samples))])
+    expected = processor(images=[Image.fromarray(s.image) for s in samples], return_tensors="pt")
+    assert batch["pixel_values"].shape == (len(sizes), 3, 64, 96)
+    torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch["pixel_mask"], expected["pixel_mask"].long())
+    assert batch["dataset_index"].tolist() == list(range(len(sizes)))
+    # Masks are resized with nearest neighbour, as the processor resizes segmentation maps.
+    for i, sample in enumerate(samples):
+        binary = processor(images=Image.fromarray(sample.image), segmentation_maps=sample.masks[0], return_tensors="pt")
+        # The processor turns the map into one mask per value (0 and 1): the one of value 1 is our mask.
+        np.testing.assert_array_equal(batch["mask_labels"][i][0].numpy(), binary["mask_labels"][0][1].numpy())
+    # The ground truth stays at the original size.
+    size, truth = dataset.ground_truth(1)
+    assert size == (150, 210) and truth["masks"].shape == (2, 150, 210) and truth["size"] == (150, 210)
 
-    source = SyntheticSegmentationSource("valid", 2, seed=0, image_size=64)
-    processor = Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64})
-    dataset = SegmentationDataset(
-        source, "instance", build_transforms(64, 64, train=False), processor.image_mean, processor.image_std,
-        with_targets=True,
-    )  # fmt: skip
-    item = dataset[0]
-    expected = processor(images=source[0].image, return_tensors="pt")["pixel_values"][0]
-    torch.testing.assert_close(item["pixel_values"], expected, atol=1e-5, rtol=1e-5)
-    assert item["target"].size == (64, 64) and item["target"].image_id == 0
+
+def test_dataset_needs_a_fixed_size_processor_and_valid_scales():
+    samples = [Sample(_rgb(8, 8), np.zeros((0, 8, 8), np.uint8), [], [], [], image_id=0)]
+    with pytest.raises(ValueError, match="not to a fixed size"):
+        SegmentationDataset(samples, "instance", Mask2FormerDINOv3ImageProcessor())  # shortest_edge / longest_edge
+    with pytest.raises(ValueError, match="multiples of 32"):
+        SegmentationDataset(samples, "instance", _processor(64, 70))
+    with pytest.raises(ValueError, match="min_scale <= max_scale"):
+        build_augmentation(_processor(64, 64), min_scale=2.0, max_scale=1.0)
+    with pytest.raises(ValueError, match="task must be one of"):
+        SegmentationDataset(samples, "detection", _processor(64, 64))
+
+
+def test_training_items_share_the_processor_normalisation():
+    # With augmentation that changes nothing, a training item equals the processor's output too.
+    source = SyntheticSegmentationSource("valid", 2, seed=0, image_size=80)
+    processor = _processor(64, 64)
+    identity = build_augmentation(processor, min_scale=1.0, max_scale=1.0, color_jitter=0.0, hflip=False)
+    item = SegmentationDataset(source, "instance", processor, identity)[0]
+    expected = processor(images=Image.fromarray(source[0].image), return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(item["pixel_values"], expected, atol=1e-6, rtol=0)
+    assert "dataset_index" not in item  # training batches go to the model's forward as they are
 
 
 def test_synthetic_source_label_maps_and_stuff():

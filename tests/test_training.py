@@ -19,7 +19,7 @@ import mask2former_dinov3  # noqa: F401  (registers the Auto classes)
 from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation, Mask2FormerDINOv3ImageProcessor
 from mask2former_dinov3.finetune import default_argv, main, parse_args, parse_config_overrides, resolve_checkpoint
 from mask2former_dinov3.synthetic import CLASSES, SyntheticConfig, generate_sample, write_coco_dataset
-from mask2former_dinov3.training import build_param_groups, flatten_metrics, set_backbone_frozen, vit_layer_id
+from mask2former_dinov3.training import build_param_groups, flatten_metrics, vit_layer_id
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,10 +151,13 @@ def test_frozen_backbone_and_convnext_groups():
     groups = build_param_groups(model, 1e-3, 0.0, backbone_lr_multiplier=0.1, layer_decay=0.5)
     backbone_lrs = {g["lr"] for g in groups for n in g["param_names"] if n.startswith("model.pixel_level_module.encoder.")}
     assert len(backbone_lrs) == 1 and backbone_lrs.pop() == pytest.approx(1e-4)  # layer decay is ViT-only
-    set_backbone_frozen(model)
+    model.freeze_backbone()
     assert model.config.freeze_backbone and model.model.pixel_level_module.freeze_backbone
     names = [n for g in build_param_groups(model, 1e-3, 0.0) for n in g["param_names"]]
     assert names and not any(n.startswith("model.pixel_level_module.encoder.") for n in names)
+    model.unfreeze_backbone()
+    names = [n for g in build_param_groups(model, 1e-3, 0.0) for n in g["param_names"]]
+    assert any(n.startswith("model.pixel_level_module.encoder.") for n in names)
 
 
 def test_argument_defaults_and_overrides():
@@ -426,3 +429,35 @@ def test_flatten_metrics_names_per_class_entries():
                             "pq_per_class": {"sky": float("nan")}, "num_categories": {"all": 2}})  # fmt: skip
     assert flat["map"] == 0.5 and flat["map_traffic_light"] == 0.25 and np.isnan(flat["pq_sky"])
     assert "per_class" not in flat and "num_categories_all" in flat
+
+
+def test_prediction_step_hands_trainer_only_the_logits_and_dataset_indices(tmp_path):
+    # What Trainer gathers across processes: the class and mask logits (no hidden states, no auxiliary outputs) and,
+    # as labels, the dataset indices by which the metrics find each image's ground truth.
+    from transformers import TrainingArguments
+
+    from mask2former_dinov3.data import SegmentationCollator, SegmentationDataset, SyntheticSegmentationSource
+    from mask2former_dinov3.training import Mask2FormerTrainer
+
+    processor = Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64})
+    source = SyntheticSegmentationSource("valid", 3, image_size=64)
+    dataset = SegmentationDataset(source, "instance", processor, for_evaluation=True)
+    torch.manual_seed(0)
+    model = Mask2FormerDINOv3ForUniversalSegmentation(tiny_config("vit", num_labels=4))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=2, report_to="none", use_cpu=True)
+    trainer = Mask2FormerTrainer(model=model, args=args, eval_dataset=dataset, data_collator=SegmentationCollator(),
+                                 task="instance", label_map=source.label_map, image_processor=processor)  # fmt: skip
+    assert trainer.args.batch_eval_metrics and not trainer.args.eval_do_concat_batches
+    output = trainer.predict(dataset)
+    batches = output.predictions  # one entry per batch (eval_do_concat_batches=False)
+    assert [len(b) for b in batches] == [2, 2]  # (class_queries_logits, masks_queries_logits) only
+    num_queries = model.config.num_queries
+    assert [tuple(b[0].shape) for b in batches] == [(2, num_queries, 5), (1, num_queries, 5)]
+    assert all(b[1].shape[:2] == (b[0].shape[0], num_queries) for b in batches)
+    assert [i for labels in output.label_ids for i in np.asarray(labels).tolist()] == [0, 1, 2]
+    assert output.metrics["test_num_images"] == 3 and "test_map" in output.metrics
+
+    # An evaluation dataset without indices cannot be scored: the error says how to build one.
+    plain = SegmentationDataset(source, "instance", processor)
+    with pytest.raises(ValueError, match="for_evaluation=True"):
+        trainer.evaluate(plain)
