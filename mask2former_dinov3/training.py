@@ -558,6 +558,8 @@ def write_model_card(
     `metrics` are the evaluation metrics (keys with or without the `eval_` prefix); `settings` is a flat dict of
     training settings shown as a table. Returns the path.
     """
+    # The usage snippets name the folder as it is shared: by its name (a hub repo takes the same name), never a path.
+    folder = os.path.basename(os.path.normpath(output_dir))
     backbone = config.backbone_config
     backbone_desc = (
         f"DINOv3 ViT ({backbone.num_hidden_layers} blocks, width {backbone.hidden_size}, tapped blocks "
@@ -624,21 +626,30 @@ def write_model_card(
         "",
         "## Usage",
         "",
+        f"Run from the folder that contains `{folder}` (or use its hub id). With `trust_remote_code=True` the code saved",
+        "beside the weights is used, so the `mask2former-dinov3` package need not be installed:",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'segmenter = pipeline("image-segmentation", model="{folder}", trust_remote_code=True)',
+        f'segments = segmenter("image.jpg", subtask="{task}")  # dicts with "label", "score" and a PIL "mask"',
+        "```",
+        "",
+        "Or with the model and its image processor (the same resizing and normalisation as in training):",
+        "",
         "```python",
         "import torch",
         "from PIL import Image",
         "from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation",
-        "import mask2former_dinov3  # registers the model with the Auto classes",
         "",
-        'model = AutoModelForUniversalSegmentation.from_pretrained("path/to/this/folder")',
-        'processor = AutoImageProcessor.from_pretrained("path/to/this/folder")',
+        f'model = AutoModelForUniversalSegmentation.from_pretrained("{folder}", trust_remote_code=True)',
+        f'processor = AutoImageProcessor.from_pretrained("{folder}", trust_remote_code=True)',
         'image = Image.open("image.jpg").convert("RGB")',
         "with torch.no_grad():",
         '    outputs = model(**processor(images=image, return_tensors="pt"))',
         f"result = processor.post_process_{task}_segmentation(outputs, target_sizes=[image.size[::-1]])[0]",
         "```",
-        "",
-        "Without the package installed, pass `trust_remote_code=True` (the modeling code is saved beside the weights).",
         "",
     ]
     path = os.path.join(output_dir, "README.md")
