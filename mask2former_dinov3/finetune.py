@@ -498,7 +498,7 @@ def build_model(model_args: ModelArguments, data_args: DataTrainingArguments, la
 
 
 def _preset_normalisation(name: str) -> dict[str, Any]:
-    from .pretrained import get_preset
+    from .presets import get_preset
 
     try:
         preset = get_preset(name)

@@ -313,7 +313,7 @@ def test_backbone_config_and_overrides(ckpts):
 
 
 def test_report_is_logged(ckpts, caplog):
-    with caplog.at_level(logging.WARNING, logger="mask2former_dinov3.pretrained"):
+    with caplog.at_level(logging.WARNING, logger="mask2former_dinov3.loading"):
         load(ckpts["convnext"][0])
     text = caplog.text
     assert "backbone dinov3-convnext-tiny" in text and "tensors loaded" in text
