@@ -3,7 +3,7 @@
 from setuptools import find_packages, setup
 
 
-TRAIN = ["accelerate>=1.0", "datasets>=3.0", "pycocotools>=2.0.7", "albumentations>=2.0"]
+TRAIN = ["accelerate>=1.0", "datasets>=3.0", "albumentations>=2.0"]
 TEST = TRAIN + ["pytest>=8", "parameterized>=0.9"]
 
 setup(
@@ -23,7 +23,15 @@ setup(
         "numpy",
         "pillow",
         "scipy",
+        # The prediction CLI writes COCO RLE and shows a progress bar without the training extras.
+        "pycocotools>=2.0.7",
+        "tqdm",
     ],
     extras_require={"train": TRAIN, "test": TEST},
-    entry_points={"console_scripts": ["mask2former-dinov3-convert=mask2former_dinov3.convert:main"]},
+    entry_points={
+        "console_scripts": [
+            "mask2former-dinov3-convert=mask2former_dinov3.convert:main",
+            "mask2former-dinov3-predict=mask2former_dinov3.predict:main",
+        ]
+    },
 )
