@@ -3,8 +3,9 @@
 from setuptools import find_packages, setup
 
 
-TRAIN = ["accelerate>=1.0", "datasets>=3.0", "pycocotools>=2.0.7", "albumentations>=2.0"]
-TEST = TRAIN + ["pytest>=8", "parameterized>=0.9"]
+TRAIN = ["accelerate>=1.0", "datasets>=3.0", "albumentations>=2.0"]
+EXPORT = ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"]
+TEST = TRAIN + EXPORT + ["pytest>=8", "parameterized>=0.9"]
 
 setup(
     name="mask2former-dinov3",
@@ -23,7 +24,16 @@ setup(
         "numpy",
         "pillow",
         "scipy",
+        # The prediction CLI writes COCO RLE and shows a progress bar without the training extras.
+        "pycocotools>=2.0.7",
+        "tqdm",
     ],
-    extras_require={"train": TRAIN, "test": TEST},
-    entry_points={"console_scripts": ["mask2former-dinov3-convert=mask2former_dinov3.convert:main"]},
+    extras_require={"train": TRAIN, "export": EXPORT, "test": TEST},
+    entry_points={
+        "console_scripts": [
+            "mask2former-dinov3-convert=mask2former_dinov3.convert:main",
+            "mask2former-dinov3-predict=mask2former_dinov3.predict:main",
+            "mask2former-dinov3-export=mask2former_dinov3.export:main",
+        ]
+    },
 )

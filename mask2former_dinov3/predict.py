@@ -1,0 +1,442 @@
+"""Batch prediction on image files: `mask2former-dinov3-predict MODEL INPUT... --output_dir DIR`.
+
+Writes into `--output_dir`:
+
+* `predictions.json`: COCO results, a list of `{"image_id", "category_id", "segmentation" (RLE), "score"}`
+  (`--task semantic`: one entry per class present, without score, as COCO stuff results);
+* `images.json`: the COCO `images` entries (`id`, `file_name`, `height`, `width`) of the processed images;
+* `overlays/<name>.png`: the image with coloured masks and one label per object / region;
+* `--task semantic`: `semantic/<name>.png`, the label-id map (8-bit, or 16-bit above 255 labels);
+* `--task panoptic`: `panoptic/<name>.png`, segment ids in COCO panoptic's RGB encoding
+  (`id = R + 256 G + 256^2 B`), and `panoptic.json`, COCO panoptic results (`{"annotations": [...]}`).
+
+Category ids: the model's label ids mapped through the model folder's `label_map.json` when it has one (key
+`dataset_ids`, dataset id -> label id, as `LabelMap` keeps it, or `category_ids`, label id -> dataset id), else the
+label ids themselves. Image ids: from `--annotations` (a COCO JSON, matched by file name) when given, else 1..N in
+sorted input order.
+
+Pre- and post-processing are the model's own image processor's (the same pixels as training and evaluation); results
+are at each image's original size. `--tile H W --overlap P` runs the model on overlapping windows at native
+resolution instead (see `mask2former_dinov3.tiling`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from pycocotools import mask as mask_utils
+
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "UsageError",
+    "collect_inputs",
+    "encode_mask",
+    "forward_images",
+    "load_category_ids",
+    "main",
+    "overlay",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class UsageError(Exception):
+    """A user error (bad path, bad option value): reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        raise UsageError(message)
+
+
+def _warn(message: str) -> None:
+    print(f"mask2former-dinov3-predict: {message}", file=sys.stderr, flush=True)
+
+
+def collect_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Image paths from files, folders (their images, not recursive) and glob patterns, sorted, without duplicates.
+
+    A folder without images or a pattern matching nothing is reported on stderr and skipped; a named file is kept
+    whatever its extension (reading it is what tells whether it is an image).
+    """
+    found: set[Path] = set()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            images = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+            if not images:
+                _warn(f"skipping {item}: no images in this folder")
+            found.update(images)
+        elif path.is_file():
+            found.add(path)
+        else:
+            matches = [Path(p) for p in glob.glob(item) if Path(p).is_file()]
+            if not matches:
+                _warn(f"skipping {item}: no such file, folder or matching pattern")
+            found.update(matches)
+    return sorted(found)
+
+
+def load_category_ids(model_dir: str) -> dict[int, int] | None:
+    """Label id -> dataset category id from `<model_dir>/label_map.json`, or None when there is none to read."""
+    path = Path(model_dir) / "label_map.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("category_ids"):
+        return {int(label): int(category) for label, category in data["category_ids"].items()}
+    if data.get("dataset_ids"):
+        return {int(label): int(category) for category, label in data["dataset_ids"].items()}
+    return None
+
+
+def _stuff_ids(model_dir: str) -> set[int]:
+    path = Path(model_dir) / "label_map.json"
+    if path.is_file():
+        return {int(i) for i in json.loads(path.read_text()).get("stuff_ids", [])}
+    return set()
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """COCO RLE of a boolean `(H, W)` mask, `counts` as str (JSON-serialisable)."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+@torch.no_grad()
+def forward_images(model, image_processor, images, device, dtype, **processor_kwargs) -> list[SimpleNamespace]:
+    """Run the model on PIL images; per image, outputs in float32 with the padding cut off the mask logits.
+
+    Each item has `class_queries_logits` (1, Q, L+1) and `masks_queries_logits` (1, Q, h, w), ready for the image
+    processor's `post_process_*` methods. Upstream post-processing assumes the logits cover the resized image only;
+    padding (to the batch's largest image and to the size multiple) is therefore removed first, using `pixel_mask`.
+    """
+    inputs = image_processor(images=list(images), return_tensors="pt", **processor_kwargs)
+    pixel_values = inputs["pixel_values"].to(device=device, dtype=dtype)
+    pixel_mask = inputs.get("pixel_mask")
+    outputs = model(pixel_values=pixel_values, pixel_mask=None if pixel_mask is None else pixel_mask.to(device))
+    classes = outputs.class_queries_logits.float().cpu()
+    masks = outputs.masks_queries_logits.float().cpu()
+    height, width = pixel_values.shape[-2:]
+    mask_h, mask_w = masks.shape[-2:]
+    results = []
+    for i in range(len(classes)):
+        valid_h, valid_w = height, width
+        if pixel_mask is not None:
+            valid_h = int(pixel_mask[i].any(dim=1).sum())
+            valid_w = int(pixel_mask[i].any(dim=0).sum())
+        crop_h = max(1, round(valid_h * mask_h / height))
+        crop_w = max(1, round(valid_w * mask_w / width))
+        results.append(
+            SimpleNamespace(
+                class_queries_logits=classes[i : i + 1], masks_queries_logits=masks[i : i + 1, :, :crop_h, :crop_w]
+            )
+        )
+    return results
+
+
+def _colour(index: int) -> tuple[int, int, int]:
+    # Golden-ratio hue steps: neighbouring ids get distinct colours.
+    hue = (index * 0.618033988749895) % 1.0
+    rgb = Image.new("HSV", (1, 1), (int(hue * 255), 200, 230)).convert("RGB").getpixel((0, 0))
+    return tuple(rgb)
+
+
+def overlay(image: Image.Image, masks: Sequence[np.ndarray], captions: Sequence[str], alpha: float = 0.5) -> Image.Image:
+    """The image with each mask tinted in its own colour and its caption written at the mask's top-left corner."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    out = base.copy()
+    for index, mask in enumerate(masks):
+        mask = np.asarray(mask, dtype=bool)
+        out[mask] = (1 - alpha) * out[mask] + alpha * np.array(_colour(index), dtype=np.float32)
+    result = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(result)
+    font = ImageFont.load_default()
+    for index, (mask, caption) in enumerate(zip(masks, captions)):
+        rows, cols = np.nonzero(np.asarray(mask, dtype=bool))
+        if len(rows) == 0:
+            continue
+        xy = (int(cols.min()), int(rows.min()))
+        box = draw.textbbox(xy, caption, font=font)
+        draw.rectangle(box, fill=_colour(index))
+        draw.text(xy, caption, fill=(0, 0, 0), font=font)
+    return result
+
+
+@dataclass
+class _Item:
+    path: Path
+    image_id: int
+    name: str
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = _Parser(
+        prog="mask2former-dinov3-predict",
+        description="Segment images with a Mask2FormerDINOv3 model; write COCO results, overlays and maps.",
+    )
+    parser.add_argument("model", help="model folder or Hub id (a training run's output folder works)")
+    parser.add_argument("inputs", nargs="+", help="image files, folders of images, or glob patterns")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--task", choices=("instance", "semantic", "panoptic"), default="instance")
+    parser.add_argument("--threshold", type=float, default=0.5, help="score threshold; 0 keeps every query (COCO AP)")
+    parser.add_argument("--annotations", help="COCO JSON whose image ids to use (matched by file name)")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"), help="tiled prediction with H x W windows")
+    parser.add_argument("--overlap", type=int, default=128, help="overlap of neighbouring tiles, in pixels")
+    parser.add_argument("--no_overlays", action="store_true", help="do not write overlay PNGs")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.tile is not None:
+        if min(args.tile) < 32:
+            raise UsageError(f"--tile sizes must be at least 32, got {args.tile}")
+        if not 0 <= args.overlap < min(args.tile):
+            raise UsageError(f"--overlap must be in [0, {min(args.tile)}), got {args.overlap}")
+        if args.task == "panoptic":
+            raise UsageError("--tile supports --task instance and semantic, not panoptic")
+    if args.annotations and not Path(args.annotations).is_file():
+        raise UsageError(f"--annotations {args.annotations}: no such file")
+    return args
+
+
+def _load(model_name: str, device: str, dtype: torch.dtype):
+    import transformers
+
+    import mask2former_dinov3  # noqa: F401  (registers the model with the Auto classes)
+
+    looks_local = os.path.sep in model_name or model_name.startswith(".") or os.path.exists(model_name)
+    if looks_local and not Path(model_name).is_dir():
+        raise UsageError(f"model folder {model_name} does not exist")
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(model_name)
+        model = transformers.AutoModelForUniversalSegmentation.from_pretrained(model_name)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"cannot load model {model_name}: {first}") from None
+    try:
+        model = model.to(device=device, dtype=dtype).eval()
+    except (RuntimeError, AssertionError) as error:
+        raise UsageError(f"--device {device}: {str(error).splitlines()[0]}") from None
+    return model, processor
+
+
+def _items(paths: Sequence[Path], annotations: str | None) -> list[_Item]:
+    names_seen: set[str] = set()
+    by_name = None
+    if annotations:
+        coco = json.loads(Path(annotations).read_text())
+        by_name = {Path(img["file_name"]).name: int(img["id"]) for img in coco.get("images", [])}
+    items = []
+    for index, path in enumerate(paths, start=1):
+        if by_name is not None:
+            if path.name not in by_name:
+                _warn(f"skipping {path}: file name not in {annotations}")
+                continue
+            image_id = by_name[path.name]
+        else:
+            image_id = index
+        name = path.stem if path.stem not in names_seen else f"{path.stem}_{image_id}"
+        names_seen.add(name)
+        items.append(_Item(path, image_id, name))
+    return items
+
+
+def _read(item: _Item) -> Image.Image | None:
+    try:
+        with Image.open(item.path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        _warn(f"skipping {item.path}: cannot read image ({type(error).__name__})")
+        return None
+
+
+def _batches(items: Sequence[_Item], size: int) -> Iterator[list[tuple[_Item, Image.Image]]]:
+    batch = []
+    for item in items:
+        image = _read(item)
+        if image is not None:
+            batch.append((item, image))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Writer:
+    """Accumulates the JSON outputs and writes the per-image PNGs."""
+
+    def __init__(self, args, model, category_ids):
+        self.args, self.out = args, Path(args.output_dir)
+        self.names = {int(k): v for k, v in model.config.id2label.items()}
+        self.category_ids = category_ids
+        self.predictions, self.images, self.panoptic = [], [], []
+        for sub in (["overlays"] if not args.no_overlays else []) + (
+            [args.task] if args.task in ("semantic", "panoptic") else []
+        ):
+            (self.out / sub).mkdir(parents=True, exist_ok=True)
+
+    def category(self, label: int) -> int:
+        return self.category_ids.get(label, label) if self.category_ids else label
+
+    def caption(self, label: int, score: float | None = None) -> str:
+        name = self.names.get(label, str(label))
+        return name if score is None else f"{name} {score:.2f}"
+
+    def image(self, item: _Item, image: Image.Image) -> None:
+        self.images.append(
+            {"id": item.image_id, "file_name": item.path.name, "height": image.height, "width": image.width}
+        )
+
+    def instances(self, item, image, instances: Sequence[tuple[np.ndarray, int, float]]) -> None:
+        for mask, label, score in instances:
+            self.predictions.append(
+                {
+                    "image_id": item.image_id,
+                    "category_id": self.category(label),
+                    "segmentation": encode_mask(mask),
+                    "score": round(float(score), 6),
+                }
+            )
+        if not self.args.no_overlays:
+            shown = [(m, self.caption(lab, s)) for m, lab, s in instances if s >= max(self.args.threshold, 1e-9)]
+            overlay(image, [m for m, _ in shown], [c for _, c in shown]).save(self.out / "overlays" / f"{item.name}.png")
+
+    def semantic(self, item, image, label_map: np.ndarray) -> None:
+        labels = [int(v) for v in np.unique(label_map)]
+        masks = [label_map == v for v in labels]
+        for label, mask in zip(labels, masks):
+            self.predictions.append(
+                {"image_id": item.image_id, "category_id": self.category(label), "segmentation": encode_mask(mask)}
+            )
+        dtype = np.uint8 if max(self.names, default=0) < 256 else np.uint16
+        Image.fromarray(label_map.astype(dtype)).save(self.out / "semantic" / f"{item.name}.png")
+        if not self.args.no_overlays:
+            overlay(image, masks, [self.caption(v) for v in labels]).save(self.out / "overlays" / f"{item.name}.png")
+
+    def panoptic_result(self, item, image, segmentation: np.ndarray, segments: list[dict]) -> None:
+        # Upstream numbers segments from 1 and marks "no segment" 0 (or -1 when nothing is kept); COCO uses 0.
+        ids = np.clip(segmentation.astype(np.int64), 0, None)
+        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
+        Image.fromarray(rgb).save(self.out / "panoptic" / f"{item.name}.png")
+        infos = []
+        masks, captions = [], []
+        for seg in segments:
+            mask = segmentation == seg["id"]
+            label = int(seg["label_id"])
+            infos.append({"id": int(seg["id"]), "category_id": self.category(label), "score": float(seg["score"])})
+            self.predictions.append(
+                {
+                    "image_id": item.image_id,
+                    "category_id": self.category(label),
+                    "segmentation": encode_mask(mask),
+                    "score": round(float(seg["score"]), 6),
+                }
+            )
+            masks.append(mask)
+            captions.append(self.caption(label, float(seg["score"])))
+        self.panoptic.append({"image_id": item.image_id, "file_name": f"{item.name}.png", "segments_info": infos})
+        if not self.args.no_overlays:
+            overlay(image, masks, captions).save(self.out / "overlays" / f"{item.name}.png")
+
+    def close(self) -> None:
+        (self.out / "predictions.json").write_text(json.dumps(self.predictions))
+        (self.out / "images.json").write_text(json.dumps(self.images, indent=1))
+        if self.args.task == "panoptic":
+            (self.out / "panoptic.json").write_text(json.dumps({"annotations": self.panoptic}, indent=1))
+
+
+def _predict_batch(args, model, processor, batch, writer, dtype, stuff_ids) -> None:
+    images = [image for _, image in batch]
+    outputs = forward_images(model, processor, images, args.device, dtype)
+    for (item, image), out in zip(batch, outputs):
+        size = [(image.height, image.width)]
+        if args.task == "instance":
+            result = processor.post_process_instance_segmentation(
+                out, threshold=args.threshold, target_sizes=size, return_binary_maps=True
+            )[0]
+            masks = np.asarray(result["segmentation"]).astype(bool) if result["segments_info"] else []
+            writer.instances(
+                item, image, [(m, int(s["label_id"]), float(s["score"])) for m, s in zip(masks, result["segments_info"])]
+            )
+        elif args.task == "semantic":
+            label_map = processor.post_process_semantic_segmentation(out, target_sizes=size)[0]
+            writer.semantic(item, image, np.asarray(label_map))
+        else:
+            result = processor.post_process_panoptic_segmentation(
+                out, threshold=args.threshold, label_ids_to_fuse=stuff_ids, target_sizes=size
+            )[0]
+            writer.panoptic_result(item, image, np.asarray(result["segmentation"]), result["segments_info"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict as the parsed command line says; returns the exit status."""
+    from tqdm.auto import tqdm
+
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    paths = collect_inputs(args.inputs)
+    model, processor = _load(args.model, args.device, dtype)
+    items = _items(paths, args.annotations)
+    if not items:
+        _warn("no images to process")
+    writer = _Writer(args, model, load_category_ids(args.model) if Path(args.model).is_dir() else None)
+    stuff_ids = _stuff_ids(args.model) if Path(args.model).is_dir() else set()
+    progress = tqdm(total=len(items), unit="image", desc="predict", file=sys.stderr)
+    if args.tile is not None:
+        from .tiling import predict_tiled
+
+        for batch in _batches(items, 1):
+            (item, image), = batch
+            result = predict_tiled(
+                model, processor, image, tuple(args.tile), args.overlap, task=args.task, threshold=args.threshold,
+                batch_size=args.batch_size, device=args.device, dtype=dtype,
+            )  # fmt: skip
+            writer.image(item, image)
+            if args.task == "instance":
+                writer.instances(item, image, [(r.mask, r.label, r.score) for r in result])
+            else:
+                writer.semantic(item, image, np.asarray(result))
+            progress.update(1)
+    else:
+        for batch in _batches(items, args.batch_size):
+            for item, image in batch:
+                writer.image(item, image)
+            _predict_batch(args, model, processor, batch, writer, dtype, stuff_ids)
+            progress.update(len(batch))
+    progress.close()
+    writer.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; user errors print one line on stderr and return 2."""
+    try:
+        args = _parse_args(argv)
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        return run(args)
+    except UsageError as error:
+        print(f"mask2former-dinov3-predict: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

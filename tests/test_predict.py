@@ -1,0 +1,128 @@
+"""The prediction CLI on a tiny saved model: COCO results pycocotools accepts, skipped files, user errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation, Mask2FormerDINOv3ImageProcessor
+from mask2former_dinov3.predict import main
+
+from tiny_configs import tiny_config
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CATEGORY_IDS = {7: 0, 9: 1, 11: 2}  # dataset id -> label id, as a training run's label map keeps them
+SIZES = [(50, 70), (64, 64), (90, 40)]
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "mask2former_dinov3.predict", *map(str, args)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    torch.manual_seed(0)
+    config = tiny_config("vit", id2label={0: "a", 1: "b", 2: "c"})
+    Mask2FormerDINOv3ForUniversalSegmentation(config).save_pretrained(root / "model")
+    Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64}).save_pretrained(root / "model")
+    label_map = {"id2label": config.id2label, "thing_ids": [0, 1], "stuff_ids": [2], "dataset_ids": CATEGORY_IDS}
+    (root / "model" / "label_map.json").write_text(json.dumps(label_map))
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(SIZES):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"img{i}.png")
+    (images / "broken.png").write_text("not an image")
+    coco = {
+        "images": [
+            {"id": 100 + i, "file_name": f"img{i}.png", "height": h, "width": w} for i, (h, w) in enumerate(SIZES)
+        ],
+        "annotations": [],
+        "categories": [{"id": c, "name": n} for c, n in zip(CATEGORY_IDS, "abc")],
+    }
+    (root / "coco.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_cli_writes_coco_results_pycocotools_accepts(setup, tmp_path):
+    out = tmp_path / "out"
+    result = _cli(setup / "model", setup / "images", "--output_dir", out, "--threshold", 0, "--batch_size", 2,
+                  "--annotations", setup / "coco.json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "broken.png" in result.stderr and "Traceback" not in result.stderr
+
+    predictions = json.loads((out / "predictions.json").read_text())
+    coco = COCO(str(setup / "coco.json"))
+    detections = coco.loadRes(str(out / "predictions.json"))
+    assert len(detections.getAnnIds()) == len(predictions)
+    num_queries = tiny_config("vit").num_queries
+    for i, (h, w) in enumerate(SIZES):
+        mine = [p for p in predictions if p["image_id"] == 100 + i]
+        assert len(mine) == num_queries  # threshold 0 keeps every query
+        assert all(p["segmentation"]["size"] == [h, w] for p in mine)
+    assert {p["category_id"] for p in predictions} <= set(CATEGORY_IDS)
+    assert sorted((out / "overlays").iterdir()) == [out / "overlays" / f"img{i}.png" for i in range(3)]
+    assert Image.open(out / "overlays" / "img2.png").size == (40, 90)
+
+
+def test_ids_without_annotations_are_sorted_input_order(setup, tmp_path):
+    code = main([str(setup / "model"), str(setup / "images" / "img2.png"), str(setup / "images" / "img*.png"),
+                 "--output_dir", str(tmp_path), "--threshold", "0.2", "--no_overlays"])  # fmt: skip
+    assert code == 0
+    images = json.loads((tmp_path / "images.json").read_text())
+    assert [(i["id"], i["file_name"]) for i in images] == [(1, "img0.png"), (2, "img1.png"), (3, "img2.png")]
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    assert all(p["score"] >= 0.2 for p in predictions)
+
+
+def test_semantic_and_panoptic_maps(setup, tmp_path):
+    assert main([str(setup / "model"), str(setup / "images" / "img0.png"), "--output_dir", str(tmp_path / "s"),
+                 "--task", "semantic"]) == 0  # fmt: skip
+    semantic = np.asarray(Image.open(tmp_path / "s" / "semantic" / "img0.png"))
+    assert semantic.shape == SIZES[0] and semantic.max() < 3
+    assert main([str(setup / "model"), str(setup / "images" / "img0.png"), "--output_dir", str(tmp_path / "p"),
+                 "--task", "panoptic", "--threshold", "0"]) == 0  # fmt: skip
+    rgb = np.asarray(Image.open(tmp_path / "p" / "panoptic" / "img0.png")).astype(np.int64)
+    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    segments = json.loads((tmp_path / "p" / "panoptic.json").read_text())["annotations"][0]["segments_info"]
+    assert set(np.unique(ids)) - {0} == {s["id"] for s in segments}
+    assert {s["category_id"] for s in segments} <= set(CATEGORY_IDS)
+
+
+def test_tiled_cli(setup, tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (130, 150, 3), dtype=np.uint8)).save(big)
+    assert main([str(setup / "model"), str(big), "--output_dir", str(tmp_path / "o"), "--tile", "64", "64",
+                 "--overlap", "16", "--threshold", "0"]) == 0  # fmt: skip
+    predictions = json.loads((tmp_path / "o" / "predictions.json").read_text())
+    assert predictions and all(p["segmentation"]["size"] == [130, 150] for p in predictions)
+
+
+def test_user_errors_are_one_line_and_exit_2(setup, tmp_path):
+    missing = _cli(tmp_path / "no-such-model", setup / "images", "--output_dir", tmp_path / "o")
+    assert missing.returncode == 2
+    assert len(missing.stderr.strip().splitlines()) == 1 and "no-such-model" in missing.stderr
+    bad_flag = _cli(setup / "model", setup / "images", "--output_dir", tmp_path / "o", "--dtype", "fp8")
+    assert bad_flag.returncode == 2 and len(bad_flag.stderr.strip().splitlines()) == 1
+
+
+def test_empty_folder_is_reported_and_the_rest_processed(setup, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = main([str(setup / "model"), str(empty), str(setup / "images" / "img1.png"),
+                 "--output_dir", str(tmp_path / "o"), "--no_overlays"])  # fmt: skip
+    assert code == 0
+    assert "no images in this folder" in capsys.readouterr().err
+    assert len(json.loads((tmp_path / "o" / "images.json").read_text())) == 1
