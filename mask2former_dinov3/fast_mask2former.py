@@ -26,9 +26,9 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerMaskPredictor,
     Mask2FormerPixelDecoderEncoderMultiscaleDeformableAttention,
     Mask2FormerSinePositionEmbedding,
-    pair_wise_dice_loss,
-    pair_wise_sigmoid_cross_entropy_loss,
+    dice_loss,
     sample_point,
+    sigmoid_cross_entropy_loss,
 )
 
 from .private_api import embedding_bag_per_sample_weights_backward
@@ -401,6 +401,22 @@ class FastMask2FormerMaskPredictor(Mask2FormerMaskPredictor):
         return (masks if self.lazy_masks else masks.materialize()), attention_mask
 
 
+def _pair_wise_mask_costs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's `pair_wise_sigmoid_cross_entropy_loss` and `pair_wise_dice_loss` of `(queries, points)` logits
+    against `(targets, points)` binary targets, with two matrix products instead of three.
+
+    BCE(x, 1) - BCE(x, 0) = -x, so the cross-entropy against a target t is sum(BCE(x, 0)) - x . t: one product
+    instead of one for the positive and one for the negative points. With hundreds of targets per image these
+    products are most of the matcher's time.
+    """
+    points = logits.shape[1]
+    cross_entropy = (nn.functional.softplus(logits).sum(1, keepdim=True) - logits @ targets.T) / points
+    probabilities = logits.sigmoid()
+    overlap = 2 * probabilities @ targets.T
+    dice = 1 - (overlap + 1) / (probabilities.sum(1, keepdim=True) + targets.sum(1)[None] + 1)
+    return cross_entropy, dice
+
+
 class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
     """Upstream's Hungarian matcher, which can also match `MaskLogitsFromEmbeddings` without building them.
 
@@ -422,9 +438,10 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
                                          align_corners=False).squeeze(1)  # fmt: skip
             feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
             predicted_points = embeddings[image] @ feature_points
+            cross_entropy, dice = _pair_wise_mask_costs(predicted_points, target_points)
             costs = (
-                self.cost_mask * pair_wise_sigmoid_cross_entropy_loss(predicted_points, target_points)
-                + self.cost_dice * pair_wise_dice_loss(predicted_points, target_points)
+                self.cost_mask * cross_entropy
+                + self.cost_dice * dice
                 - self.cost_class * class_queries_logits[image].softmax(-1)[:, classes]
             )
             # Non-finite costs are matched last, as upstream; float(): scipy takes no bfloat16.
@@ -443,7 +460,55 @@ class FastMask2FormerLoss(Mask2FormerLoss):
     dice losses come out N times too large. Here every process normalises by the global mean number of masks (as
     DETR / Mask2Former do), so that DDP's gradient averaging gives the gradient of the loss over the global batch.
     (A correctness fix rather than a speed-up; its own upstream PR.)
+
+    Dense scenes (hundreds of targets per image): the point losses sample every target mask where it is, instead of
+    padding all of them to a common size and copying the matched ones for each of the ten predictions, and the
+    uncertain points are selected without sorting them (the losses are sums over points, so their order is moot).
     """
+
+    def sample_points_using_uncertainty(self, logits, uncertainty_function, num_points, oversample_ratio,
+                                        importance_sample_ratio) -> torch.Tensor:  # fmt: skip
+        """Upstream's importance sampling (same random draws, same points) with the points in no particular order."""
+        masks, candidates = logits.shape[0], int(num_points * oversample_ratio)
+        coordinates = torch.rand(masks, candidates, 2, device=logits.device)
+        uncertainty = uncertainty_function(sample_point(logits, coordinates, align_corners=False))[:, 0]
+        uncertain = int(importance_sample_ratio * num_points)
+        chosen = uncertainty.topk(uncertain, dim=1, sorted=False).indices
+        coordinates = coordinates.gather(1, chosen[..., None].expand(-1, -1, 2))
+        if num_points > uncertain:
+            coordinates = torch.cat([coordinates, torch.rand(masks, num_points - uncertain, 2, device=logits.device)], 1)
+        return coordinates
+
+    def loss_masks(self, masks_queries_logits, mask_labels, indices, num_masks) -> dict[str, torch.Tensor]:
+        """Upstream's sigmoid cross-entropy and dice point losses of the matched masks, sampling each image's targets
+        in place (padded only where images of one batch differ in size)."""
+        images = torch.cat([torch.full_like(source, b) for b, (source, _) in enumerate(indices)])
+        predictions = masks_queries_logits[images, torch.cat([source for source, _ in indices])][:, None]
+        with torch.no_grad():
+            coordinates = self.sample_points_using_uncertainty(
+                predictions, self.calculate_uncertainty, self.num_points, self.oversample_ratio,
+                self.importance_sample_ratio,
+            )  # fmt: skip
+            height, width = (max(m.shape[d] for m in mask_labels) for d in (-2, -1))
+            labels, start = [], 0
+            for targets, (_, matched) in zip(mask_labels, indices):
+                points = coordinates[start : start + len(matched)]
+                start += len(matched)
+                if targets.shape[-2:] != (height, width):  # upstream pads to the largest image of the batch
+                    targets = nn.functional.pad(targets, (0, width - targets.shape[-1], 0, height - targets.shape[-2]))
+                if len(matched) == len(targets):
+                    # Every target is matched: sample them in their own order (no copy) and put the points back.
+                    order = matched.argsort()
+                    sampled = sample_point(targets[:, None].to(points), points[order], align_corners=False)
+                    labels.append(sampled[order.argsort()])
+                else:
+                    labels.append(sample_point(targets[matched][:, None].to(points), points, align_corners=False))
+            labels = torch.cat(labels).squeeze(1)
+        logits = sample_point(predictions, coordinates, align_corners=False).squeeze(1)
+        return {
+            "loss_mask": sigmoid_cross_entropy_loss(logits, labels, num_masks),
+            "loss_dice": dice_loss(logits, labels, num_masks),
+        }
 
     def get_num_masks(self, class_labels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
         num_masks = torch.as_tensor(sum(len(classes) for classes in class_labels), dtype=torch.float, device=device)

@@ -530,3 +530,29 @@ def test_bf16_autocast_forward_and_training_step():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("num_targets", [3, 12])  # fewer and more targets than the 5 queries
+def test_point_losses_equal_upstream_for_dense_and_differently_sized_targets(num_targets):
+    """The fast point losses sample targets in place: same losses and gradients as upstream's padded copies, also
+    when images of a batch differ in size (upstream pads) and when not every target is matched."""
+    config = tiny_config(train_num_points=300)
+    weight_dict = {"loss_cross_entropy": 1.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    upstream = Mask2FormerLoss(config, weight_dict)
+    ours = use_fast_units(copy.deepcopy(upstream))
+    generator = torch.Generator().manual_seed(4)
+    masks = torch.randn(2, 5, 16, 24, generator=generator)
+    classes = torch.randn(2, 5, config.num_labels + 1, generator=generator)
+    mask_labels = [(torch.rand(num_targets, 64, 96, generator=generator) > 0.7).float(),
+                   (torch.rand(num_targets - 1, 48, 80, generator=generator) > 0.7).float()]  # fmt: skip
+    class_labels = [torch.randint(0, 3, (len(m),), generator=generator) for m in mask_labels]
+    results = []
+    for loss in (ours, upstream):
+        logits = masks.clone().requires_grad_()
+        torch.manual_seed(9)
+        losses = loss(logits, classes, mask_labels, class_labels)
+        sum(losses.values()).backward()
+        results.append((losses, logits.grad))
+    for key, value in results[1][0].items():
+        assert_close(results[0][0][key], value, what=key)
+    assert_close(results[0][1], results[1][1], atol=1e-5 * results[1][1].abs().max().item(), what="gradient")
