@@ -5,17 +5,18 @@
     python run_instance_seg.py --model_name_or_path <model> --data_dir <roboflow-coco-folder> --output_dir out
     python run_instance_seg.py --preset dinov3-vits16 --dataset_name <hf-dataset> --output_dir out --task semantic
 
-Options: `python run_instance_seg.py --help` (model / data arguments plus transformers' TrainingArguments).
-The work is done by `mask2former_dinov3.finetune`; see the README for multi-GPU, multi-node, DeepSpeed and FSDP.
+Options: `python run_instance_seg.py --help` (model, data, augmentation and evaluation groups, then transformers'
+TrainingArguments). A wrong flag, path or file stops the run with one `error:` line (exit code 2); `--debug` shows
+the traceback. The work is done by `mask2former_dinov3.finetune`; see the README for multi-GPU, multi-node, DeepSpeed
+and FSDP.
 """
 
-from mask2former_dinov3.finetune import parse_args, run
+from mask2former_dinov3.finetune import cli
 
 
 def main():
-    """Parse the command line (HfArgumentParser) and run training / evaluation."""
-    model_args, data_args, training_args = parse_args()
-    run(model_args, data_args, training_args)
+    """Parse the command line (HfArgumentParser) and run training / evaluation; user errors exit with code 2."""
+    cli()
 
 
 if __name__ == "__main__":

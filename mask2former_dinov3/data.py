@@ -953,6 +953,76 @@ class SegmentationCollator:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Instances per image (how many queries the data needs)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InstanceCount:
+    """The largest number of segments one training image asks the model to find.
+
+    Attributes:
+        largest: the largest count found (thing instances that are not crowd regions, plus one per stuff class
+            present for the panoptic task).
+        image: where that image came from (file name or row), for messages.
+        counted: how many images were counted.
+        exact: False when `largest` is an upper bound (synthetic data) or only some images were counted.
+    """
+
+    largest: int
+    image: str
+    counted: int
+    exact: bool = True
+
+
+def count_instances(source, task: str = "instance", max_rows: int = 2000) -> InstanceCount | None:
+    """The densest image of a source, counted without decoding images or masks where possible.
+
+    COCO: from the JSON annotations (per image id). Synthetic: the generator's `max_instances` (an upper bound).
+    Hugging Face format: the instance-id channel of the annotation PNGs of the first `max_rows` rows. A
+    `torch.utils.data.Subset` (`--max_train_samples`) counts its images only. None for the semantic task (one
+    segment per class present, so the count is bounded by the number of classes) or an unknown source.
+    """
+    if task == "semantic" or source is None:
+        return None
+    indices = None
+    if isinstance(source, torch.utils.data.Subset):
+        source, indices = source.dataset, list(source.indices)
+    if isinstance(source, CocoSegmentationSource):
+        images = source.images if indices is None else [source.images[i] for i in indices]
+        best, where = 0, ""
+        for info in images:
+            anns = source.annotations[info["id"]]
+            things = sum(1 for a in anns if a["label"] in source.label_map.thing_ids and not a["iscrowd"])
+            stuff = len({a["label"] for a in anns if a["label"] not in source.label_map.thing_ids})
+            count = things + (stuff if task == "panoptic" else 0)
+            if count > best or not where:
+                best, where = count, info["path"]
+        return InstanceCount(best, where, len(images))
+    if isinstance(source, SyntheticSegmentationSource):
+        stuff = len(source.label_map.stuff_ids) if task == "panoptic" else 0
+        return InstanceCount(source.config.max_instances + stuff, f"synthetic {source.split}", len(source), exact=False)
+    if isinstance(source, HFSegmentationSource):
+        all_rows = list(range(len(source))) if indices is None else indices
+        rows = all_rows[:max_rows]
+        annotations = source.dataset.select_columns(["annotation"])  # the images need not be decoded
+        best, where = 0, ""
+        for row in rows:
+            annotation = _annotation_array(annotations[row]["annotation"])
+            if annotation.ndim == 3:
+                semantic, instance = annotation[..., 0], annotation[..., 1]
+                count = len(np.unique(instance[instance != 0]))
+                if task == "panoptic":
+                    count += len(np.unique(semantic[instance == 0]))
+            else:
+                count = len(np.unique(annotation)) if task == "panoptic" else 0
+            if count > best or not where:
+                best, where = count, f"{source.name} row {row}"
+        return InstanceCount(best, where, len(rows), exact=len(rows) == len(all_rows))
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Roboflow / COCO folder discovery
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -971,6 +1041,7 @@ __all__ = [
     "DataError",
     "HFSegmentationSource",
     "IGNORE_INDEX",
+    "InstanceCount",
     "LabelMap",
     "Sample",
     "SegmentationCollator",
@@ -979,6 +1050,7 @@ __all__ = [
     "TASKS",
     "apply_transform",
     "build_augmentation",
+    "count_instances",
     "evaluation_ground_truth",
     "find_roboflow_split",
     "label_map_from_coco",

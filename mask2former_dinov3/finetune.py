@@ -10,13 +10,15 @@ deterministic synthetic shapes (offline default, see `OFFLINE_DEFAULT_ARGS`).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -30,11 +32,13 @@ from .data import (
     CocoSegmentationSource,
     DataError,
     HFSegmentationSource,
+    InstanceCount,
     LabelMap,
     SegmentationCollator,
     SegmentationDataset,
     SyntheticSegmentationSource,
     build_augmentation,
+    count_instances,
     find_roboflow_split,
     label_map_from_semantic_class_to_id,
     load_hf_dataset,
@@ -78,6 +82,8 @@ MODEL_FLAGS = ("model_name_or_path", "preset", "backbone_name_or_path")
 class ModelArguments:
     """Which model to fine-tune (at most one of model_name_or_path / preset / backbone_name_or_path)."""
 
+    _argument_group_name = "Model (at most one of --model_name_or_path / --preset / --backbone_name_or_path)"
+
     model_name_or_path: str | None = field(
         default=None,
         metadata={
@@ -98,17 +104,29 @@ class ModelArguments:
     )
     config_overrides: str | None = field(
         default=None,
-        metadata={"help": "Config fields for a new model, e.g. 'num_queries=50,hidden_dim=128,decoder_layers=6'."},
+        metadata={
+            "help": "Config fields for a new model, e.g. 'num_queries=50,hidden_dim=128,decoder_layers=6'. Without "
+            "num_queries, a new model gets enough queries for the densest training image (at least 1.25 x its "
+            "instances; never below 100 for --preset / --backbone_name_or_path)."
+        },
     )
     freeze_backbone: bool = field(default=False, metadata={"help": "Train without updating the DINOv3 backbone."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models / datasets are cached."})
     token: str | None = field(default=None, metadata={"help": "Hugging Face Hub token (private models / datasets)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow dataset loading scripts from the Hub."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={
+            "help": "Let --dataset_name run a dataset loading script from the Hub (code in the dataset repository). "
+            "It does not concern the model: the model's code always comes from this package."
+        },
+    )
 
 
 @dataclass
-class DataTrainingArguments:
-    """Which data to train and evaluate on, and how to augment it."""
+class DataArguments:
+    """Where the data comes from and at which size the model sees it."""
+
+    _argument_group_name = "Data (--data_dir, --*_annotation_file or --dataset_name; none: the offline default)"
 
     task: Literal["instance", "semantic", "panoptic"] = field(
         default="instance", metadata={"help": "Task: its targets, post-processing and metric (mAP, mIoU, PQ)."}
@@ -140,18 +158,29 @@ class DataTrainingArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+
+
+@dataclass
+class AugmentationArguments:
+    """Random augmentation of the training images (after the image processor's resize)."""
+
+    _argument_group_name = "Augmentation (training images only)"
+
     min_scale: float = field(default=0.5, metadata={"help": "Scale jitter: smallest random scale."})
     max_scale: float = field(default=2.0, metadata={"help": "Scale jitter: largest random scale."})
     color_jitter: float = field(default=0.2, metadata={"help": "Colour jitter strength (0 disables)."})
-    hflip: bool = field(default=True, metadata={"help": "Random horizontal flips."})
-    synthetic_train_samples: int = field(default=1000, metadata={"help": "Offline default: training images."})
-    synthetic_eval_samples: int = field(default=100, metadata={"help": "Offline default: validation images."})
-    synthetic_seed: int = field(default=0, metadata={"help": "Offline default: generator seed."})
-    synthetic_image_size: int = field(default=128, metadata={"help": "Offline default: image side in pixels."})
-    synthetic_size_probabilities: str = field(
-        default="0.1,0.5,0.4",
-        metadata={"help": "Offline default: probabilities of small, medium and large shapes (COCO's size buckets)."},
+    hflip: bool = field(
+        default=True,
+        metadata={"help": "Flip training images horizontally at random (half of them); --no_hflip never flips."},
     )
+
+
+@dataclass
+class EvaluationArguments:
+    """Post-processing thresholds of the metrics and the prediction overlays."""
+
+    _argument_group_name = "Evaluation and outputs"
+
     instance_threshold: float = field(
         default=0.0, metadata={"help": "Score threshold of instance post-processing for mAP (0 keeps all queries)."}
     )
@@ -161,8 +190,46 @@ class DataTrainingArguments:
 
 
 @dataclass
+class SyntheticDataArguments:
+    """The synthetic shapes of the offline default run (no data argument)."""
+
+    _argument_group_name = "Offline default data (synthetic shapes; used when no data argument is given)"
+
+    synthetic_train_samples: int = field(default=1000, metadata={"help": "Offline default: training images."})
+    synthetic_eval_samples: int = field(default=100, metadata={"help": "Offline default: validation images."})
+    synthetic_seed: int = field(default=0, metadata={"help": "Offline default: generator seed."})
+    synthetic_image_size: int = field(default=128, metadata={"help": "Offline default: image side in pixels."})
+    synthetic_size_probabilities: str = field(
+        default="0.1,0.5,0.4",
+        metadata={"help": "Offline default: probabilities of small, medium and large shapes (COCO's size buckets)."},
+    )
+
+
+# The command line shows each part as its own group of --help; the script works with their union.
+DATA_ARGUMENT_PARTS = (DataArguments, AugmentationArguments, EvaluationArguments, SyntheticDataArguments)
+
+
+@dataclass
+class DataTrainingArguments(SyntheticDataArguments, EvaluationArguments, AugmentationArguments, DataArguments):
+    """Which data to train and evaluate on, how to augment it and how to evaluate (the union of the data groups)."""
+
+    @classmethod
+    def from_parts(cls, *parts) -> "DataTrainingArguments":
+        """The union of parsed `DATA_ARGUMENT_PARTS` instances."""
+        values = {}
+        for part in parts:
+            values.update({f.name: getattr(part, f.name) for f in fields(part)})
+        return cls(**values)
+
+
+@dataclass
 class SegmentationTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the learning-rate split of the backbone and output-folder protection."""
+    """`TrainingArguments` plus the learning-rate split of the backbone, output-folder protection and `--debug`."""
+
+    _argument_group_name = (
+        "Training (transformers' TrainingArguments; this script adds --overwrite_output_dir, "
+        "--backbone_lr_multiplier and --layer_decay at the end, and bare --debug for full tracebacks)"
+    )
 
     overwrite_output_dir: bool = field(
         default=False,
@@ -188,6 +255,20 @@ class SegmentationTrainingArguments(TrainingArguments):
     eval_do_concat_batches: bool = field(
         default=False, metadata={"help": "Kept False: evaluation batches are never concatenated (see batch_eval_metrics)."}
     )
+    # Trainer's own --debug takes values; bare, it only asks this script for full tracebacks (see `cli`).
+    debug: str = field(
+        default="",
+        metadata={
+            "nargs": "*",
+            "help": "Bare --debug: errors show their full traceback instead of one 'error:' line. With values "
+            "(underflow_overflow, tpu_metrics_debug): Trainer's debug features as well.",
+        },
+    )
+
+    def __post_init__(self):
+        if isinstance(self.debug, list):  # nargs="*" gives a list of words; Trainer takes one string
+            self.debug = " ".join(self.debug)
+        super().__post_init__()
 
 
 def _given(argv: list[str], name: str) -> bool:
@@ -208,13 +289,88 @@ def default_argv(argv: list[str]) -> list[str]:
     return prefix + list(argv)
 
 
+class CommandLineError(ValueError):
+    """A command line the script cannot run: an unknown flag, a bad value, a missing file or folder."""
+
+
+def _offline_default_values() -> dict[str, str]:
+    # --flag value pairs of OFFLINE_DEFAULT_ARGS; a flag followed by another flag is a switch ("on").
+    values, args = {}, OFFLINE_DEFAULT_ARGS
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+            values[arg[2:]] = args[i + 1] if has_value else "on"
+    return values
+
+
+def _same_value(default: Any, text: str) -> bool:
+    value = getattr(default, "value", default)  # enums (eval_strategy, ...)
+    if isinstance(value, bool) or value is None:
+        return False
+    try:
+        return float(value) == float(text)
+    except (TypeError, ValueError):
+        return str(value) == text
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the offline default run's value of a flag beside its default, and says what each `--no_*` flag does."""
+
+    offline = _offline_default_values()
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        negative = any(o.startswith(("--no_", "--no-")) for o in action.option_strings)
+        if negative and action.nargs == 0 and action.const is False:  # a store_false switch
+            name = action.dest
+            # HfArgumentParser gives --no_X the help of --X; say what this one does.
+            return f"Turns --{name} off (it is on by default). --{name}: {help_text}"
+        help_text = super()._get_help_string(action)
+        offline = self.offline.get(action.dest)
+        if offline is not None and action.option_strings and not _same_value(action.default, offline):
+            help_text += f" (offline default: {offline})"
+        return help_text
+
+
+class SegmentationArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` over the script's argument groups, in `--help` order: model, data, augmentation,
+    evaluation, offline-default data, then Trainer's. Parse errors raise `CommandLineError` instead of exiting."""
+
+    def __init__(self):
+        super().__init__(
+            (ModelArguments, *DATA_ARGUMENT_PARTS, SegmentationTrainingArguments),
+            prog="run_instance_seg.py",
+            usage="run_instance_seg.py [--model_name_or_path M | --preset P | --backbone_name_or_path B] "
+            "[--data_dir D | --dataset_name N | --train_annotation_file J ...] --output_dir OUT [options]",
+            description="Fine-tune Mask2Former with a DINOv3 backbone (instance, semantic or panoptic segmentation). "
+            "With neither a data nor a model argument: the offline default run (a small model on synthetic shapes; "
+            "its settings are shown as 'offline default' below).",
+            formatter_class=_HelpFormatter,
+        )
+
+    def error(self, message: str):
+        """Raise `CommandLineError` (argparse would print the usage of every flag and exit)."""
+        raise CommandLineError(f"{message} (see --help)")
+
+
 def parse_args(argv: list[str] | None = None):
     """`(model_args, data_args, training_args)` from the command line (`sys.argv[1:]` by default)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, SegmentationTrainingArguments))
+    parser = SegmentationArgumentParser()
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=default_argv(argv))
+        if not os.path.isfile(argv[0]):
+            raise CommandLineError(f"argument file {argv[0]} does not exist.")
+        try:
+            model_args, *data_parts, training_args = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        except json.JSONDecodeError as error:
+            raise CommandLineError(f"{argv[0]}: not valid JSON ({error.msg} at line {error.lineno}).") from error
+        return model_args, DataTrainingArguments.from_parts(*data_parts), training_args
+    model_args, *data_parts, training_args, unknown = parser.parse_args_into_dataclasses(
+        args=default_argv(argv), return_remaining_strings=True
+    )
+    if unknown:
+        raise CommandLineError(f"unknown argument(s): {' '.join(unknown)} (see --help)")
+    data_args = DataTrainingArguments.from_parts(*data_parts)
     if not _given(argv, "metric_for_best_model") and not _given(argv, "greater_is_better"):
         # Best-model selection on the task's main metric rather than Trainer's default (the loss).
         training_args.metric_for_best_model = MAIN_METRIC[data_args.task]
@@ -276,6 +432,48 @@ def _first(source, count: int | None):
     if source is None or count is None or count >= len(source):
         return source
     return torch.utils.data.Subset(source, range(count))
+
+
+def _looks_local(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; a leading ./ / ~, more slashes, a backslash or a file suffix mean a path.
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+        or name.endswith((".pth", ".pt", ".safetensors", ".json", ".bin"))
+    )
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
+    """Fail fast, before any data is read, on contradictory model flags, an unknown preset and paths that do not
+    exist (`CommandLineError` naming the flag and the path)."""
+    chosen = [f for f in MODEL_FLAGS if getattr(model_args, f)]
+    if len(chosen) > 1:
+        raise CommandLineError(f"pass only one of --{' / --'.join(MODEL_FLAGS)}; got --{' and --'.join(chosen)}.")
+    if model_args.preset:
+        from .presets import get_preset
+
+        try:
+            get_preset(model_args.preset)
+        except ValueError as error:
+            raise CommandLineError(f"--preset: {error}") from None
+    for flag in ("data_dir", "train_image_dir", "validation_image_dir", "test_image_dir"):
+        path = getattr(data_args, flag)
+        if path and not os.path.isdir(path):
+            what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
+            raise CommandLineError(f"--{flag} {path} {what}.")
+    for flag in ("train_annotation_file", "validation_annotation_file", "test_annotation_file"):
+        path = getattr(data_args, flag)
+        if path and not os.path.isfile(path):
+            what = "is a folder, not a COCO JSON file" if os.path.isdir(path) else "does not exist"
+            raise CommandLineError(f"--{flag} {path} {what}.")
+    for args, flag in ((data_args, "dataset_name"), *((model_args, f) for f in (*MODEL_FLAGS, "head_name_or_path"))):
+        name = getattr(args, flag)
+        if flag == "preset" or not name or os.path.exists(name) or not _looks_local(name):
+            continue
+        raise CommandLineError(
+            f"--{flag} {name} does not exist (read as a local path; Hub repositories are named like org/name)."
+        )
 
 
 def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, training_args) -> DataBundle:
@@ -398,13 +596,47 @@ def offline_default_config(label_map: LabelMap, **overrides) -> Mask2FormerDINOv
         encoder_layers=2,
         decoder_layers=4,
         num_attention_heads=4,
-        num_queries=20,
+        num_queries=OFFLINE_NUM_QUERIES,
         train_num_points=1024,
         id2label=label_map.id2label,
         label2id=label_map.label2id,
     )
     kwargs.update(overrides)
     return Mask2FormerDINOv3Config(**kwargs)
+
+
+OFFLINE_NUM_QUERIES = 20  # the offline default's small model
+MIN_NUM_QUERIES = 100  # Mask2Former's default: the floor for --preset / --backbone_name_or_path models
+QUERIES_PER_INSTANCE = 1.25  # headroom over the densest training image
+
+
+def choose_num_queries(model_args: ModelArguments, count: InstanceCount | None) -> tuple[int | None, str]:
+    """`(num_queries, note)` for a new model: enough queries for the densest training image.
+
+    A new model (`--preset`, `--backbone_name_or_path` without a head, or the offline default) gets at least
+    ceil(1.25 x the largest instance count) queries, never fewer than its own default (100 for presets and pretrained
+    backbones, 20 for the offline default's small model). `num_queries` is None, i.e. the model's own value is kept,
+    when the user set it (`--config_overrides num_queries=N`), for an existing checkpoint or transferred head (their
+    queries are fixed), or when the default suffices. `note` says what was decided, for the log and the model card.
+    """
+    if model_args.model_name_or_path:
+        return None, f"fixed by the checkpoint {model_args.model_name_or_path}"
+    if model_args.head_name_or_path:
+        return None, f"fixed by the transferred head {model_args.head_name_or_path}"
+    given = parse_config_overrides(model_args.config_overrides).get("num_queries")
+    if given is not None:
+        return None, f"{given} (set by --config_overrides)"
+    default = MIN_NUM_QUERIES if (model_args.preset or model_args.backbone_name_or_path) else OFFLINE_NUM_QUERIES
+    if count is None:
+        return None, f"{default} (default)"
+    bound = "at most " if not count.exact else ""
+    needed = math.ceil(QUERIES_PER_INSTANCE * count.largest)
+    if needed <= default:
+        return None, f"{default} (default; the densest training image has {bound}{count.largest} instances)"
+    return needed, (
+        f"{needed} (raised from the default {default}: the densest training image, {count.image}, has {bound}"
+        f"{count.largest} instances; {QUERIES_PER_INSTANCE} x that, rounded up)"
+    )
 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
@@ -434,9 +666,13 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
     return result
 
 
-def build_model(model_args: ModelArguments, data_args: DataTrainingArguments, label_map: LabelMap):
+def build_model(
+    model_args: ModelArguments, data_args: DataTrainingArguments, label_map: LabelMap, num_queries: int | None = None
+):
     """`(model, image_processor, pretrained)`: the model with a head for `label_map`, the processor configured with
     the training size, and whether weights were loaded (which sets the default backbone LR multiplier).
+
+    `num_queries` (see `choose_num_queries`) sets the queries of a new model; an existing checkpoint keeps its own.
     """
     chosen = [f for f in MODEL_FLAGS if getattr(model_args, f)]
     if len(chosen) > 1:
@@ -445,6 +681,8 @@ def build_model(model_args: ModelArguments, data_args: DataTrainingArguments, la
         raise ValueError("--head_name_or_path goes with --backbone_name_or_path.")
     labels = {"id2label": label_map.id2label, "label2id": label_map.label2id}
     overrides = parse_config_overrides(model_args.config_overrides)
+    if num_queries is not None and not model_args.model_name_or_path:
+        overrides["num_queries"] = num_queries
     processor_kwargs: dict[str, Any] = {}
     cls = Mask2FormerDINOv3ForUniversalSegmentation
     if model_args.model_name_or_path:
@@ -587,8 +825,49 @@ def _barrier(training_args) -> None:
         training_args.distributed_state.wait_for_everyone()
 
 
-def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, float]:
-    """Train and/or evaluate as the arguments say; returns the evaluation metrics (empty without --do_eval)."""
+@dataclass
+class PreparedRun:
+    """Everything `prepare` built from the arguments; `execute` trains / evaluates it."""
+
+    model_args: ModelArguments
+    data_args: DataTrainingArguments
+    training_args: Any
+    bundle: DataBundle
+    trainer: Any
+    image_processor: Any
+    checkpoint: str | bool | None
+    train_dataset: Any = None
+    eval_dataset: Any = None
+    queries_note: str = ""
+
+
+def _check_queries(count: InstanceCount | None, model, model_args: ModelArguments) -> None:
+    """Warn when the densest training image holds more instances than the model has queries."""
+    num_queries = model.config.num_queries
+    if count is None or count.largest <= num_queries:
+        return
+    needed = math.ceil(QUERIES_PER_INSTANCE * count.largest)
+    if model_args.model_name_or_path or model_args.head_name_or_path:
+        fix = (
+            "The queries of an existing checkpoint (or transferred head) are fixed: to find more objects per image, "
+            f"train a new model (--preset or --backbone_name_or_path without --head_name_or_path), which gets enough "
+            f"queries from the data, or pass --config_overrides num_queries={needed} to it"
+        )
+    else:
+        fix = f"Pass --config_overrides num_queries={needed} (or leave num_queries out: it is then chosen from the data)"
+    logger.warning(
+        "The densest training image (%s) has %d instances but the model has num_queries=%d: it can find at most %d "
+        "objects per image and the other instances are never matched in training. %s.",
+        count.image, count.largest, num_queries, num_queries, fix,
+    )  # fmt: skip
+
+
+def prepare(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> PreparedRun:
+    """Check the arguments, load the data, build the model, image processor and Trainer (nothing is trained yet).
+
+    Errors raised here come from the command line, the data or the model files (see `cli`).
+    """
+    check_arguments(model_args, data_args)
     _setup_logging(training_args)
     check_input_size(data_args.image_height, data_args.image_width, name="--image_height/--image_width")
     # Every process inspects the output folder before any process writes to it.
@@ -599,7 +878,14 @@ def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_a
     bundle = load_data(data_args, model_args, training_args)
     label_map = bundle.label_map
     logger.info("Labels (%d): %s", label_map.num_labels, label_map.id2label)
-    model, image_processor, pretrained = build_model(model_args, data_args, label_map)
+    # Counted from the annotations only (no image is decoded), so that big datasets stay cheap.
+    count = count_instances(bundle.train, data_args.task) if training_args.do_train else None
+    num_queries, queries_note = choose_num_queries(model_args, count)
+    model, image_processor, pretrained = build_model(model_args, data_args, label_map, num_queries=num_queries)
+    if queries_note.startswith("fixed by"):
+        queries_note = f"{model.config.num_queries} ({queries_note})"
+    (logger.warning if num_queries is not None else logger.info)("num_queries: %s.", queries_note)
+    _check_queries(count, model, model_args)
     backbone_lr_multiplier = training_args.backbone_lr_multiplier
     if backbone_lr_multiplier is None:
         backbone_lr_multiplier = 0.1 if pretrained else 1.0
@@ -632,6 +918,19 @@ def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_a
         instance_threshold=data_args.instance_threshold,
         panoptic_threshold=data_args.panoptic_threshold,
     )
+    return PreparedRun(
+        model_args=model_args, data_args=data_args, training_args=training_args, bundle=bundle, trainer=trainer,
+        image_processor=image_processor, checkpoint=checkpoint, train_dataset=train_dataset,
+        eval_dataset=eval_dataset, queries_note=queries_note,
+    )  # fmt: skip
+
+
+def execute(prepared: PreparedRun) -> dict[str, float]:
+    """Train and/or evaluate a prepared run and write the outputs; returns the evaluation metrics."""
+    model_args, data_args, training_args = prepared.model_args, prepared.data_args, prepared.training_args
+    bundle, trainer, image_processor = prepared.bundle, prepared.trainer, prepared.image_processor
+    label_map = bundle.label_map
+    train_dataset, eval_dataset, checkpoint = prepared.train_dataset, prepared.eval_dataset, prepared.checkpoint
 
     output_dir = training_args.output_dir
     if training_args.do_train:
@@ -686,6 +985,7 @@ def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_a
             else:
                 note = "offline-default small ConvNeXt model (random init)"
             settings = training_settings(trainer, data_args, model_args, bundle, note)
+            settings["queries (num_queries)"] = prepared.queries_note
             settings["thing_ids"] = sorted(label_map.thing_ids)
             write_model_card(
                 output_dir,
@@ -700,23 +1000,79 @@ def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_a
     return metrics
 
 
+def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> dict[str, float]:
+    """Train and/or evaluate as the arguments say; returns the evaluation metrics (empty without --do_eval)."""
+    return execute(prepare(model_args, data_args, training_args))
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    """Parse the command line and run (the entry point of `run_instance_seg.py`)."""
+    """Parse the command line and run; errors propagate as exceptions (`cli` turns user errors into one line)."""
     return run(*parse_args(argv))
 
 
+# Errors of the command line, the data or the model files while the run is set up (parsing, checks, data loading,
+# building the model): a DataError / CommandLineError / JSONDecodeError (all ValueErrors), a config's ValueError or
+# TypeError, an OSError for a missing or unreadable file or model. During training only a DataError (a sample that
+# cannot be read) is the user's; anything else there is a bug and keeps its traceback.
+SETUP_USER_ERRORS = (ValueError, TypeError, OSError)
+RUN_USER_ERRORS = (DataError,)
+
+
+def _fail(error: BaseException, debug: bool) -> None:
+    if debug:
+        raise error
+    message = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    if not isinstance(error, (CommandLineError, DataError)):
+        message = f"{message} [{type(error).__name__}; --debug shows the traceback]"
+    sys.stdout.flush()  # the log goes to stdout: keep it before the error line
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def cli(argv: list[str] | None = None) -> dict[str, float]:
+    """The command-line entry point (`run_instance_seg.py`): like `main`, but a user error (a bad flag, path, file,
+    preset or config value; see `SETUP_USER_ERRORS`) prints one `error: <message>` line on stderr and exits with
+    code 2. `--debug` shows the full traceback instead; unexpected errors always keep it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _given(argv, "debug")
+    try:
+        prepared = prepare(*parse_args(argv))
+    except SETUP_USER_ERRORS as error:
+        _fail(error, debug)
+    try:
+        return execute(prepared)
+    except RUN_USER_ERRORS as error:
+        _fail(error, debug)
+
+
 __all__ = [
+    "AugmentationArguments",
+    "CommandLineError",
+    "DataArguments",
     "DataTrainingArguments",
+    "EvaluationArguments",
     "ModelArguments",
     "OFFLINE_DEFAULT_ARGS",
+    "PreparedRun",
+    "SegmentationArgumentParser",
     "SegmentationTrainingArguments",
+    "SyntheticDataArguments",
     "build_model",
+    "check_arguments",
+    "choose_num_queries",
+    "cli",
     "default_argv",
+    "execute",
     "load_data",
     "main",
     "offline_default_config",
     "parse_args",
     "parse_config_overrides",
+    "prepare",
     "resolve_checkpoint",
     "run",
 ]
+
+
+if __name__ == "__main__":
+    cli()

@@ -573,18 +573,31 @@ def write_model_card(
     if base_model and not os.path.exists(base_model):  # only hub ids mean something to a reader of the card
         front.append(f"base_model: {base_model}")
     front.append("---")
+    checkpoint = getattr(config, "backbone_checkpoint", None)
+    # A local folder's name only: the card is shared, the path is not.
+    base_name = os.path.basename(os.path.normpath(base_model)) if base_model and os.path.exists(base_model) else base_model
+    synthetic = "synthetic" in dataset_description
+    if checkpoint:
+        origin = f" initialised from the pretrained DINOv3 checkpoint `{checkpoint}`, fine-tuned"
+        weights = f"Backbone weights: `{checkpoint}` (pretrained DINOv3)."
+    elif base_model:
+        origin = f", fine-tuned from the Mask2FormerDINOv3 model `{base_name}`"
+        weights = (
+            f"Backbone weights: from `{base_name}`, whose configuration records no pretrained DINOv3 checkpoint "
+            "(its backbone most likely started from random initialisation)."
+        )
+    else:
+        origin = ", trained from scratch (random initialisation, no pretrained weights)"
+        weights = "Backbone weights: random initialisation (no pretrained DINOv3 checkpoint)."
     lines = front + [
         "",
         f"# Mask2Former + DINOv3 ({task} segmentation)",
         "",
-        f"Mask2Former with a {backbone_desc} backbone, fine-tuned with `run_instance_seg.py` (mask2former-dinov3) on "
+        f"Mask2Former with a {backbone_desc} backbone{origin} with `run_instance_seg.py` (mask2former-dinov3) on "
         f"{dataset_description}.",
         "",
+        weights,
     ]
-    checkpoint = getattr(config, "backbone_checkpoint", None)
-    lines.append(
-        f"Backbone weights: `{checkpoint}`." if checkpoint else "Backbone weights: random initialisation (no pretrained DINOv3 checkpoint)."
-    )
     lines += ["", "## Labels", "", "| id | label | kind |", "|---|---|---|"]
     things = set()
     if settings.get("thing_ids") is not None:
@@ -622,6 +635,34 @@ def write_model_card(
         lines.append("Not evaluated.")
     lines += ["", "## Training settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {k} | {f'{v:g}' if isinstance(v, float) else v} |" for k, v in settings.items()]
+    lines += ["", "## Intended use", ""]
+    if synthetic and not checkpoint:
+        lines.append(
+            "A demonstration and test model: trained from scratch on the package's synthetic shapes, it shows that the "
+            "training pipeline works end to end. It is not meant for real images."
+        )
+    else:
+        lines.append(
+            f"{task.capitalize()} segmentation of images like the training data ({dataset_description}), for the "
+            f"{len(config.id2label)} classes listed under Labels; check it on your own images before relying on it."
+        )
+    lines += ["", "## Limitations", ""]
+    if synthetic:
+        lines.append("- Trained on synthetic shapes only: on real images its output is meaningless.")
+    if not checkpoint and not base_model:
+        lines.append(
+            "- The backbone started from random weights (no DINOv3 pretraining), so its features are far weaker than a "
+            "pretrained DINOv3's; for real data, fine-tune from a pretrained backbone (`--backbone_name_or_path`)."
+        )
+    lines += [
+        "- It knows only the classes under Labels: other objects are missed or given one of these labels.",
+        "- Images must be prepared by the image processor saved with the model (its resize, rescaling and "
+        "normalisation mean / std, as in training); other preprocessing gives wrong results.",
+        f"- It finds at most {config.num_queries} segments per image (`num_queries`); denser scenes lose instances.",
+        "- The metrics above come from the validation split named above only; on other data they are unknown."
+        if metrics
+        else "- It was not evaluated.",
+    ]
     lines += [
         "",
         "## Usage",

@@ -461,3 +461,37 @@ def test_prediction_step_hands_trainer_only_the_logits_and_dataset_indices(tmp_p
     plain = SegmentationDataset(source, "instance", processor)
     with pytest.raises(ValueError, match="for_evaluation=True"):
         trainer.evaluate(plain)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model card
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _card(tmp_path, name, config, description, base_model=None):
+    from mask2former_dinov3.training import write_model_card
+
+    out = tmp_path / name
+    out.mkdir()
+    metrics = {"eval_map": 0.25}
+    return open(write_model_card(str(out), config, "instance", metrics, {"steps": 3}, description, base_model)).read()
+
+
+def test_model_card_says_how_the_backbone_started_and_its_limits(tmp_path):
+    scratch = _card(tmp_path, "scratch", tiny_config("vit", num_labels=4, num_queries=7), "the package's synthetic shapes")
+    assert "trained from scratch (random initialisation" in scratch and "fine-tuned" not in scratch
+    assert "## Intended use" in scratch and "## Limitations" in scratch
+    intended = scratch.split("## Intended use")[1].split("## Limitations")[0]
+    assert "not meant for real images" in intended
+    limits = scratch.split("## Limitations")[1].split("## Usage")[0]
+    assert "at most 7 segments per image" in limits and "synthetic shapes only" in limits
+    assert "random weights" in limits and "normalisation" in limits and "validation split" in limits
+
+    config = tiny_config("vit", num_labels=4, num_queries=9, backbone_checkpoint="facebook/dinov3-vits16-pretrain-lvd1689m")
+    pretrained = _card(tmp_path, "pretrained", config, "COCO-format data (train: `x.json`)", base_model="/some/dir")
+    assert "initialised from the pretrained DINOv3 checkpoint `facebook/dinov3-vits16-pretrain-lvd1689m`" in pretrained
+    assert "from scratch" not in pretrained and "random weights" not in pretrained
+    assert "not meant for real images" not in pretrained and "at most 9 segments per image" in pretrained
+    # The usage section is unchanged (its snippets are run verbatim elsewhere) and stays last.
+    assert pretrained.index("## Limitations") < pretrained.index("## Usage")
+    assert 'pipeline("image-segmentation", model="pretrained", trust_remote_code=True)' in pretrained
