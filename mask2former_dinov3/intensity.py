@@ -47,8 +47,9 @@ def to_uint8(image, method: str = "percentile"):
     255 (clipped); `"minmax"` maps the minimum and maximum; `"fixed"` maps 0..65535 to 0..255 for integer images
     (the scaling used before normalisation existed) and 0..1 for float images (clipped).
 
-    A 4-D array is a batch (each image normalised on its own). Non-8-bit input comes back as a numpy array of the same layout, except that a grayscale `(H, W)` image becomes
-    `(H, W, 3)` (the model takes three channels). Anything else (8-bit PIL / numpy / torch, a URL) is returned as is.
+    A 4-D array is a batch (each image normalised on its own). Non-8-bit input comes back as a numpy array of the
+    same layout, except that a grayscale `(H, W)` image becomes `(H, W, 3)` (the model takes three channels).
+    Anything else (8-bit PIL / numpy / torch, a URL) is returned as is.
     """
     check_intensity_normalization(method)
     if is_8_bit(image):
