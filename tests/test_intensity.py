@@ -160,3 +160,81 @@ def test_processor_loaded_with_trust_remote_code_normalises_alike(tmp_path):
     subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=300)
     fresh = torch.load(tmp_path / "pixels.pt", weights_only=True)[0]
     assert torch.equal(fresh, _pixels(processor, _pil_16(image)))
+
+
+def write_blob_coco(root, splits=(("train", 4), ("valid", 2)), size=64):
+    """A Roboflow-layout COCO folder of 16-bit blob images (PIL mode "I;16", intensities 33,000-37,000), each blob
+    one "cell" instance as a compressed RLE. Returns {split: [(path, raw array, masks)]}."""
+    from pycocotools import mask as mask_utils
+
+    written = {}
+    for split, count in splits:
+        folder = root / split
+        folder.mkdir(parents=True)
+        images, annotations, written[split] = [], [], []
+        for index in range(count):
+            raw, masks = blob_image(size, size, seed=100 * len(split) + index)
+            name = f"{split}_{index}.png"
+            _pil_16(raw).save(folder / name)
+            images.append({"id": index, "file_name": name, "height": size, "width": size})
+            for mask in masks:
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                annotations.append({"id": len(annotations) + 1, "image_id": index, "category_id": 1, "iscrowd": 0,
+                                    "segmentation": {"size": [size, size], "counts": rle["counts"].decode("ascii")}})
+            written[split].append((folder / name, raw, masks))
+        coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "cell"}]}
+        (folder / "_annotations.coco.json").write_text(json.dumps(coco))
+    return written
+
+
+def test_dataset_items_equal_the_processor_on_the_16_bit_file(tmp_path):
+    from mask2former_dinov3.data import CocoSegmentationSource, SegmentationDataset
+
+    files = write_blob_coco(tmp_path, splits=(("valid", 2),))
+    source = CocoSegmentationSource(str(tmp_path / "valid" / "_annotations.coco.json"))
+    assert source[0].image.dtype == np.uint16  # kept as read
+    processor = Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64})
+    dataset = SegmentationDataset(source, "instance", processor, for_evaluation=True)
+    for index, (path, _, _) in enumerate(files["valid"]):
+        with Image.open(path) as image:
+            expected = _pixels(processor, image)
+        assert torch.equal(dataset[index]["pixel_values"], expected)
+    # A processor that cannot normalise intensities is named, with the fix.
+    upstream = Mask2FormerImageProcessorPil(size={"height": 64, "width": 64}, size_divisor=32)
+    from mask2former_dinov3.data import DataError
+
+    with pytest.raises(DataError, match="uint16 image.*Mask2FormerDINOv3ImageProcessor"):
+        SegmentationDataset(source, "instance", upstream)[0]
+
+
+def test_fine_tuning_on_16_bit_coco_trains_evaluates_and_draws_the_structures(tmp_path):
+    from mask2former_dinov3.finetune import main
+    from mask2former_dinov3.training import draw_segments
+
+    files = write_blob_coco(tmp_path / "data")
+    out = tmp_path / "out"
+    main(["--data_dir", str(tmp_path / "data"), "--output_dir", str(out), "--do_train", "--do_eval",
+          "--max_steps", "2", "--image_height", "64", "--image_width", "64", "--per_device_train_batch_size", "2",
+          "--per_device_eval_batch_size", "2", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0",
+          "--save_strategy", "no", "--num_overlay_images", "1"])  # fmt: skip
+    results = json.loads((out / "eval_results.json").read_text())
+    assert isinstance(results["eval_map"], float)
+    assert json.loads((out / "preprocessor_config.json").read_text())["intensity_normalization"] == "percentile"
+
+    # The ground-truth panel of the first validation image, away from the cells' boxes (where labels and fills are):
+    # there the overlay shows the image itself.
+    (overlay,) = sorted((out / "predictions").glob("*.png"))
+    panel = np.asarray(Image.open(overlay).convert("RGB")).astype(np.float64)
+    width = (panel.shape[1] - 4) // 2
+    truth = panel[-width:, :width]
+    _, raw, masks = files["valid"][0]
+    scale = width / raw.shape[1]
+    background = np.ones(truth.shape[:2], bool)
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        background[int((ys.min() - 2) * scale) : int((ys.max() + 3) * scale),
+                   int((xs.min() - 2) * scale) : int((xs.max() + 3) * scale)] = False  # fmt: skip
+    assert background.mean() > 0.4
+    fixed = np.asarray(draw_segments(to_uint8(raw, "fixed"), masks, [0] * len(masks), {0: "cell"})).astype(float)
+    shown, flat = truth[background].std(), fixed[background].std()
+    assert shown > 5 and shown > 10 * flat, (shown, flat)
