@@ -238,3 +238,27 @@ def test_fine_tuning_on_16_bit_coco_trains_evaluates_and_draws_the_structures(tm
     fixed = np.asarray(draw_segments(to_uint8(raw, "fixed"), masks, [0] * len(masks), {0: "cell"})).astype(float)
     shown, flat = truth[background].std(), fixed[background].std()
     assert shown > 5 and shown > 10 * flat, (shown, flat)
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_predict_cli_normalises_16_bit_files_and_overlays_show_it(tmp_path, tiled):
+    from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation
+    from mask2former_dinov3.predict import main
+    from tiny_configs import tiny_config
+
+    torch.manual_seed(0)
+    Mask2FormerDINOv3ForUniversalSegmentation(tiny_config("vit", id2label={0: "cell"})).save_pretrained(tmp_path / "m")
+    processor = Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64})
+    processor.save_pretrained(tmp_path / "m")
+    raw, _ = blob_image(128, 160)
+    _pil_16(raw).save(tmp_path / "cells.png")
+    tile = ["--tile", "64", "64", "--overlap", "16"] if tiled else []
+    # Threshold 1: no mask is drawn, so the overlay is the image the model saw.
+    assert main([str(tmp_path / "m"), str(tmp_path / "cells.png"), "--output_dir", str(tmp_path / "out"),
+                 "--threshold", "1", *tile]) == 0  # fmt: skip
+    shown = np.asarray(Image.open(tmp_path / "out" / "overlays" / "cells.png").convert("RGB"))
+    expected = processor.normalize_intensity(_pil_16(raw))
+    assert np.array_equal(shown, expected)
+    assert shown.std() > 40  # the cells, not a flat grey (fixed scaling) or white (PIL's clipping) image
+    images = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert (images[0]["height"], images[0]["width"]) == (128, 160)
