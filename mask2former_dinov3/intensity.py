@@ -32,12 +32,19 @@ def check_intensity_normalization(value: str) -> str:
 
 def is_8_bit(image) -> bool:
     """Whether `image` (PIL image, numpy array or torch tensor) holds 8-bit (or 1-bit) pixels; True for anything
-    else (e.g. a URL), which is then left alone."""
+    else (e.g. a URL), which is then left alone.
+
+    Unsigned 16/32/64-bit and float arrays are never 8-bit. Signed integer arrays (numpy's and torch's default
+    integer type, e.g. `torch.randint(0, 256, ...)`) count as 8-bit when all values lie in 0..255, as upstream's
+    processors read them, so such input keeps its results.
+    """
     mode = getattr(image, "mode", None)
     if isinstance(mode, str):
         return mode not in DEEP_PIL_MODES
-    dtype = getattr(image, "dtype", None)
-    return dtype is None or str(dtype).replace("torch.", "") in ("uint8", "bool")
+    dtype = str(getattr(image, "dtype", "uint8")).replace("torch.", "")
+    if dtype in ("int16", "int32", "int64"):
+        return bool(image.min() >= 0 and image.max() <= 255)
+    return dtype in ("uint8", "int8", "bool")
 
 
 def to_uint8(image, method: str = "percentile"):

@@ -77,6 +77,18 @@ def test_8_bit_images_are_never_changed(method):
         assert torch.equal(_pixels(ours, image), _pixels(upstream, image))
 
 
+def test_what_counts_as_8_bit():
+    rng = np.random.default_rng(4)
+    as_int64 = rng.integers(0, 256, size=(3, 20, 20))  # numpy's default integer type, 8-bit values
+    assert to_uint8(as_int64) is as_int64
+    torch_ints = torch.randint(0, 256, (3, 20, 20))
+    assert to_uint8(torch_ints) is torch_ints
+    dark_16_bit = rng.integers(0, 200, size=(20, 20)).astype(np.uint16)  # a dim 16-bit image is still 16-bit
+    assert to_uint8(dark_16_bit).max() == 255
+    assert to_uint8(as_int64 * 100).max() == 255  # beyond 255: not 8-bit
+    assert to_uint8(rng.random((20, 20), dtype=np.float32)).max() == 255
+
+
 def test_methods_map_their_reference_values():
     image = np.linspace(1000, 2000, 1001).reshape(7, 143)
     low, high = np.percentile(image, [1, 99.8])
