@@ -20,8 +20,10 @@ the metrics see).
 
 Bad input is either handled or rejected with a `DataError` naming the file and the problem:
 
-* images are converted to RGB: grayscale is replicated, RGBA / palette transparency is composited onto white (as
-  transformers' `convert_to_rgb`), 16-bit images are scaled from 0..65535 to 0..255 (not clipped);
+* 8-bit images are converted to RGB: grayscale is replicated, RGBA / palette transparency is composited onto white
+  (as transformers' `convert_to_rgb`); images that are not 8-bit (16-bit, 32-bit, float; a multi-page TIFF's first
+  page) are kept as read and mapped to 8 bits by the image processor (`intensity_normalization`, per image
+  percentiles by default), so that training, evaluation, inference and the overlays see the same pixels;
 * images of any size are resized to the image processor's size first, so an image smaller than it is upsampled;
 * an annotation whose polygons all have fewer than 3 points is skipped with a warning naming the file and the
   annotation id (one bad outline should not stop a long run); a polygon part with fewer than 3 points is dropped;
@@ -46,6 +48,7 @@ import torch
 from PIL import Image
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, check_input_size
+from .intensity import is_8_bit
 
 
 logger = logging.getLogger(__name__)
@@ -194,38 +197,58 @@ def label_map_from_semantic_class_to_id(
 
 
 def to_rgb_array(image: Image.Image, source: str = "") -> np.ndarray:
-    """An `(H, W, 3)` uint8 RGB array from any PIL image.
+    """The pixels of a PIL image as the dataset keeps them: 8-bit images as `(H, W, 3)` uint8 RGB, others as read.
 
-    16-bit (`I;16*`, `I`) images are scaled from 0..65535 to 0..255; transparency is composited onto white, as
-    transformers' `convert_to_rgb` does at inference; grayscale and palette images are expanded.
+    8-bit images: transparency is composited onto white, as transformers' `convert_to_rgb` does at inference;
+    grayscale and palette images are expanded. Images that are not 8-bit (PIL modes `I;16*`, `I`, `F`) come back
+    as their raw `(H, W)` array (uint16, int32 or float32): the image processor maps them to 8 bits
+    (`Mask2FormerDINOv3ImageProcessor.normalize_intensity`, its `intensity_normalization`), at training as at
+    inference.
     """
-    mode = image.mode
-    if mode.startswith("I;16") or mode == "I":
-        array = np.asarray(image).astype(np.float64)
-        if array.min() < 0 or array.max() > 65535:
-            raise DataError(f"{source}: 32-bit integer image with values outside 0..65535; convert it to 8 or 16 bit.")
-        gray = np.round(array * (255.0 / 65535.0)).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
-    if mode == "F":
-        raise DataError(f"{source}: floating-point image (PIL mode F); save it as an 8- or 16-bit image.")
+    if not is_8_bit(image):
+        return np.array(image)
     from transformers.image_transforms import convert_to_rgb
 
     return np.ascontiguousarray(convert_to_rgb(image, return_numpy=True))
 
 
 def load_image(path: str, source: str = "") -> np.ndarray:
-    """Read an image file as `(H, W, 3)` uint8 RGB; `DataError` naming `source` and the path if it cannot be read."""
+    """Read an image file as `to_rgb_array` returns it (a multi-page TIFF: its first page); `DataError` naming
+    `source` and the path if it cannot be read."""
     where = f"{source}: " if source else ""
     if not os.path.isfile(path):
         raise DataError(f"{where}image file not found: {path}")
     try:
         with Image.open(path) as image:
             image.load()
+            if getattr(image, "n_frames", 1) > 1:
+                logger.warning("%s%s has %d pages; using the first.", where, path, image.n_frames)
             return to_rgb_array(image, source=f"{where}{path}")
     except DataError:
         raise
     except Exception as error:  # PIL raises many types for unreadable files
         raise DataError(f"{where}cannot read image {path}: {error}") from error
+
+
+def image_for_model(image: np.ndarray, image_processor, source: str = "") -> np.ndarray:
+    """`(H, W, 3)` uint8 RGB of a `Sample.image`: 8-bit images as they are, others mapped to 8 bits by the image
+    processor's own `normalize_intensity` (the step its `preprocess` applies to such images at inference).
+
+    Overlays show this image, so they show what the model sees.
+    """
+    if image.dtype == np.uint8:
+        return image
+    normalize = getattr(image_processor, "normalize_intensity", None)
+    if normalize is None:
+        raise DataError(
+            f"{source or 'image'}: a {image.dtype} image (not 8-bit), which {type(image_processor).__name__} cannot "
+            f"normalise; use Mask2FormerDINOv3ImageProcessor (its intensity_normalization setting) or convert the "
+            f"images to 8 bit."
+        )
+    array = np.asarray(normalize(image))
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise DataError(f"{source or 'image'}: a {image.shape} {image.dtype} image; expected (H, W) or (H, W, 3).")
+    return array
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -238,7 +261,8 @@ class Sample:
     """One image and its segments in the model's label space, at the image's own resolution.
 
     Attributes:
-        image: `(H, W, 3)` uint8 RGB.
+        image: `(H, W, 3)` uint8 RGB, or an image that is not 8-bit as read (`(H, W)` uint16 / int32 / float32),
+            which the image processor maps to 8 bits (`image_for_model`).
         masks: `(N, H, W)` uint8 binary masks; instances may overlap.
         labels: `(N,)` contiguous label ids.
         iscrowd: `(N,)` bool, COCO crowd regions (not trained on as instances; ignored by the metrics).
@@ -743,14 +767,16 @@ def processor_size(image_processor) -> tuple[int, int]:
 def resize_sample(sample: Sample, image_processor) -> Sample:
     """`sample` resized to the image processor's size with the processor's own `resize`: the image with its filter
     (PIL bilinear, antialiased, as at inference), the masks with nearest neighbour so that they stay binary and
-    follow the same geometry.
+    follow the same geometry. An image that is not 8-bit is first mapped to 8 bits by the processor, as
+    `preprocess` does at inference (`image_for_model`).
     """
     from transformers.image_utils import PILImageResampling
 
     processor_size(image_processor)
     kwargs = {"size": image_processor.size, "size_divisor": image_processor.size_divisor}
+    rgb = image_for_model(sample.image, image_processor, sample.file_name)
     image = image_processor.resize(
-        np.ascontiguousarray(sample.image.transpose(2, 0, 1)), resample=image_processor.resample, **kwargs
+        np.ascontiguousarray(rgb.transpose(2, 0, 1)), resample=image_processor.resample, **kwargs
     )
     image = np.ascontiguousarray(image.transpose(1, 2, 0))
     height, width = image.shape[:2]
@@ -840,9 +866,9 @@ def apply_transform(transform, sample: Sample) -> Sample:
 class SegmentationDataset(torch.utils.data.Dataset):
     """A source's samples as Mask2Former inputs for one task, preprocessed by the model's image processor.
 
-    Every item goes through the same steps as an image at inference: the image processor's `resize` (its filter;
-    masks nearest), then, for training only, the random `augmentation`, then the processor's rescaling and
-    normalisation. Without augmentation, `pixel_values` equal `image_processor(images=image)["pixel_values"][0]`.
+    Every item goes through the same steps as an image at inference: the image processor's intensity normalisation
+    (images that are not 8-bit only), its `resize` (its filter; masks nearest), then, for training only, the random
+    `augmentation`, then the processor's rescaling and normalisation. Without augmentation, `pixel_values` equal `image_processor(images=image)["pixel_values"][0]`.
 
     Items: `pixel_values` (`(3, H, W)`), `mask_labels` (`(N, H, W)` float), `class_labels` (`(N,)` long) and, with
     `for_evaluation`, `dataset_index` (the item's index), by which the metrics look up `ground_truth(index)`.
@@ -1053,6 +1079,7 @@ __all__ = [
     "count_instances",
     "evaluation_ground_truth",
     "find_roboflow_split",
+    "image_for_model",
     "label_map_from_coco",
     "label_map_from_semantic_class_to_id",
     "load_hf_dataset",

@@ -187,6 +187,13 @@ class EvaluationArguments:
     panoptic_threshold: float = field(default=0.5, metadata={"help": "Score threshold of panoptic post-processing."})
     num_overlay_images: int = field(default=4, metadata={"help": "Validation images drawn into predictions/."})
     overlay_threshold: float = field(default=0.5, metadata={"help": "Instance score threshold of the overlays."})
+    intensity_normalization: Literal["percentile", "minmax", "fixed"] = field(
+        default="percentile",
+        metadata={
+            "help": "Images that are not 8-bit (16-bit, float): map each image's 1st / 99.8th percentiles (or its "
+            "min / max, or 0..65535 fixed) to 0..255. Saved in the image processor; 8-bit images are never changed."
+        },
+    )
 
 
 @dataclass
@@ -730,6 +737,7 @@ def build_model(
         size={"height": data_args.image_height, "width": data_args.image_width},
         do_reduce_labels=data_args.do_reduce_labels,
         ignore_index=IGNORE_INDEX,
+        intensity_normalization=data_args.intensity_normalization,
         **processor_kwargs,
     )
     return model, image_processor, pretrained

@@ -8,14 +8,16 @@ from transformers.models.mask2former.image_processing_pil_mask2former import (
 )
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
+from .intensity import to_uint8
 from .presets import IMAGENET_MEAN, IMAGENET_STD, get_preset
 
 
 class Mask2FormerDINOv3ImageProcessorKwargs(Mask2FormerImageProcessorKwargs, total=False):
-    """Keyword arguments of `Mask2FormerDINOv3ImageProcessor`: Mask2Former's (`size_divisor`, `ignore_index`, ...).
-
-    Its own class, as transformers' convention expects `<Processor>Kwargs` next to each processor; no new keys.
+    """Keyword arguments of `Mask2FormerDINOv3ImageProcessor`: Mask2Former's (`size_divisor`, `ignore_index`, ...)
+    and `intensity_normalization` ("percentile", "minmax" or "fixed"; see `mask2former_dinov3.intensity`).
     """
+
+    intensity_normalization: str
 
 
 class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
@@ -24,12 +26,30 @@ class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
     Defaults: ImageNet mean/std (DINOv3's LVD-1689M backbones), padding to a multiple of 32 (`size_divisor`, which
     Mask2FormerDINOv3 requires). `post_process_instance_segmentation`, `post_process_semantic_segmentation` and
     `post_process_panoptic_segmentation` are upstream's and work on Mask2FormerDINOv3 outputs.
+
+    Images that are not 8-bit (16-bit, 32-bit integer, float; PIL, numpy or torch) are first mapped to 8 bits as
+    `intensity_normalization` says (default "percentile": each image's 1st / 99.8th percentiles to 0 / 255, as
+    microscopy tools do; "minmax"; "fixed": 0..65535 to 0..255); 8-bit images are never changed.
     """
 
     valid_kwargs = Mask2FormerDINOv3ImageProcessorKwargs
     image_mean = list(IMAGENET_MEAN)
     image_std = list(IMAGENET_STD)
     size_divisor = INPUT_SIZE_MULTIPLE
+    intensity_normalization = "percentile"
+
+    def preprocess(self, images, segmentation_maps=None, instance_id_to_semantic_id=None, **kwargs):
+        """Mask2Former's `preprocess` of `normalize_intensity(images)`; segmentation maps are ids, left as they are."""
+        images = self.normalize_intensity(images, kwargs.get("intensity_normalization"))
+        return super().preprocess(images, segmentation_maps, instance_id_to_semantic_id, **kwargs)
+
+    def normalize_intensity(self, images, method: str | None = None):
+        """`images` (one or a list) with non-8-bit ones mapped to uint8 by `method` (default: the processor's
+        `intensity_normalization`); a grayscale `(H, W)` one becomes `(H, W, 3)`. 8-bit images come back as they are.
+        """
+        if isinstance(images, (list, tuple)):
+            return [self.normalize_intensity(image, method) for image in images]
+        return to_uint8(images, method or self.intensity_normalization)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "Mask2FormerDINOv3ImageProcessor":

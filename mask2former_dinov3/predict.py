@@ -15,7 +15,8 @@ Category ids: the model's label ids mapped through the model folder's `label_map
 label ids themselves. Image ids: from `--annotations` (a COCO JSON, matched by file name) when given, else 1..N in
 sorted input order.
 
-Pre- and post-processing are the model's own image processor's (the same pixels as training and evaluation); results
+Pre- and post-processing are the model's own image processor's (the same pixels as training and evaluation; images
+that are not 8-bit, e.g. 16-bit TIFF, go through its intensity normalisation, and the overlays show them so); results
 are at each image's original size. `--tile H W --overlap P` runs the model on overlapping windows at native
 resolution instead (see `mask2former_dinov3.tiling`).
 """
@@ -36,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from pycocotools import mask as mask_utils
+
+from .intensity import is_8_bit
 
 
 __all__ = [
@@ -260,19 +263,28 @@ def _items(paths: Sequence[Path], annotations: str | None) -> list[_Item]:
     return items
 
 
-def _read(item: _Item) -> Image.Image | None:
+def _read(item: _Item, processor) -> Image.Image | None:
+    """The image as 8-bit RGB; one that is not 8-bit (16-bit, float) mapped by the processor's own intensity
+    normalisation, so that the model, the tiles and the overlays all see the pixels training saw."""
     try:
         with Image.open(item.path) as image:
-            return image.convert("RGB")
+            image.load()
+            if is_8_bit(image):
+                return image.convert("RGB")
+            if not hasattr(processor, "normalize_intensity"):
+                _warn(f"skipping {item.path}: a {image.mode} image (not 8-bit), which the model's image processor "
+                      f"({type(processor).__name__}) cannot normalise; convert it to 8 bit")  # fmt: skip
+                return None
+            return Image.fromarray(processor.normalize_intensity(image))
     except (UnidentifiedImageError, OSError, ValueError) as error:
         _warn(f"skipping {item.path}: cannot read image ({type(error).__name__})")
         return None
 
 
-def _batches(items: Sequence[_Item], size: int) -> Iterator[list[tuple[_Item, Image.Image]]]:
+def _batches(items: Sequence[_Item], size: int, processor) -> Iterator[list[tuple[_Item, Image.Image]]]:
     batch = []
     for item in items:
-        image = _read(item)
+        image = _read(item, processor)
         if image is not None:
             batch.append((item, image))
         if len(batch) == size:
@@ -318,7 +330,13 @@ class _Writer:
                 }
             )
         if not self.args.no_overlays:
-            shown = [(m, self.caption(lab, s)) for m, lab, s in instances if s >= max(self.args.threshold, 1e-9)]
+            from .training import distinct_segments
+
+            threshold = max(self.args.threshold, 1e-9)
+            above = [instance for instance in instances if instance[2] >= threshold]
+            # Several queries (or, at a low threshold, one query per class) on one object: label it once.
+            keep = distinct_segments([m for m, _, _ in above], [s for _, _, s in above])
+            shown = [(above[k][0], self.caption(above[k][1], above[k][2])) for k in keep]
             overlay(image, [m for m, _ in shown], [c for _, c in shown]).save(self.out / "overlays" / f"{item.name}.png")
 
     def semantic(self, item, image, label_map: np.ndarray) -> None:
@@ -404,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tile is not None:
         from .tiling import predict_tiled
 
-        for batch in _batches(items, 1):
+        for batch in _batches(items, 1, processor):
             (item, image), = batch
             result = predict_tiled(
                 model, processor, image, tuple(args.tile), args.overlap, task=args.task, threshold=args.threshold,
@@ -417,7 +435,7 @@ def run(args: argparse.Namespace) -> int:
                 writer.semantic(item, image, np.asarray(result))
             progress.update(1)
     else:
-        for batch in _batches(items, args.batch_size):
+        for batch in _batches(items, args.batch_size, processor):
             for item, image in batch:
                 writer.image(item, image)
             _predict_batch(args, model, processor, batch, writer, dtype, stuff_ids)

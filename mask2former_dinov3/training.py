@@ -11,7 +11,7 @@
   batch; Trainer gathers them from every process (dropping the images the distributed sampler repeated) and the
   metrics look the ground truth up in the evaluated dataset, each image once, so every process gets the numbers of
   a single-process evaluation.
-* `write_model_card`, `save_prediction_overlays`.
+* `write_model_card`, `save_prediction_overlays` (with `draw_segments`, `distinct_segments`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from transformers import Trainer
 
-from .data import IGNORE_INDEX, LabelMap, SegmentationCollator, SegmentationDataset
+from .data import IGNORE_INDEX, LabelMap, SegmentationCollator, SegmentationDataset, image_for_model
 from .metrics import (
     InstanceSegmentationEvaluator,
     PanopticQualityEvaluator,
@@ -441,27 +441,103 @@ def _palette(n: int) -> np.ndarray:
     return np.array(colours, np.uint8)
 
 
+OVERLAY_MIN_SIDE = 512
+
+
+def distinct_segments(
+    masks: Sequence[np.ndarray], scores: Sequence[float] | None, iou_threshold: float = 0.5
+) -> list[int]:
+    """Indices of the segments worth one label each, best score first.
+
+    Early in training several queries find the same object with different class hypotheses, and with a low threshold
+    upstream's instance post-processing returns one query once per class (it ranks (query, class) pairs): one object
+    then carries 4-5 stacked labels. Of segments whose masks overlap with IoU >= `iou_threshold`, only the
+    highest-scoring is kept. Without scores (ground truth) every non-empty segment is kept.
+    """
+    masks = [np.asarray(m, dtype=bool) for m in masks]
+    order = [i for i, mask in enumerate(masks) if mask.any()]
+    if scores is None or not order:
+        return order
+    # IoU of every pair at most 256 px on a side: one matrix product, fast even for 100 full-size masks.
+    stride = max(1, max(masks[0].shape) // 256)
+    flat = np.stack([mask[::stride, ::stride].ravel() for mask in masks]).astype(np.float32)
+    intersection = flat @ flat.T
+    area = np.diag(intersection)
+    iou = intersection / np.maximum(area[:, None] + area[None, :] - intersection, 1.0)
+    order.sort(key=lambda i: -float(scores[i]))
+    kept: list[int] = []
+    for i in order:
+        if all(iou[i, k] < iou_threshold for k in kept):
+            kept.append(i)
+    return kept
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only its small bitmap font
+        return ImageFont.load_default()
+
+
 def draw_segments(
     image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequence[int], names: dict[int, str],
-    scores: Sequence[float] | None = None, alpha: float = 0.5,
+    scores: Sequence[float] | None = None, alpha: float = 0.5, min_side: int = OVERLAY_MIN_SIDE,
+    empty_text: str | None = None,
 ) -> Image.Image:
-    """`image` with each mask filled in its class colour (with a darker outline) and labelled with its class name."""
+    """`image` with each segment filled in its class colour (with a darker outline) and one label (class name and
+    score) on a box of that colour.
+
+    Where masks overlap heavily only the best-scoring segment is drawn (`distinct_segments`). The overlay is enlarged
+    so that its short side is at least `min_side` (image bilinear, masks nearest), which keeps labels readable on
+    small images. Without any segment to draw and with `empty_text`, the image is dimmed to grey and the text says
+    so, so that an empty prediction cannot be mistaken for a segmentation.
+    """
+    height, width = image.shape[:2]
+    scale = max(1.0, min_side / max(1, min(height, width)))
+    size = (round(width * scale), round(height * scale))
+    base = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    canvas = np.asarray(base.resize(size, Image.BILINEAR) if scale > 1 else base, dtype=np.float32).copy()
     palette = _palette(len(names))
-    canvas = image.astype(np.float32).copy()
-    outline = np.zeros(image.shape[:2], bool)
-    for mask, label in zip(masks, labels):
-        mask = np.asarray(mask).astype(bool)
-        canvas[mask] = (1 - alpha) * canvas[mask] + alpha * palette[int(label) % len(palette)]
-        edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
-        outline |= edge
+    keep = distinct_segments(masks, scores)
+    font = _font(max(12, round(min(size) / 32)))
+    if not keep and empty_text:
+        grey = canvas.mean(axis=-1, keepdims=True) * 0.35 + 40
+        result = Image.fromarray(np.repeat(grey, 3, axis=-1).clip(0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(result)
+        box = draw.textbbox((0, 0), empty_text, font=font)
+        xy = ((size[0] - box[2]) // 2, (size[1] - box[3]) // 2)
+        box = draw.textbbox(xy, empty_text, font=font)
+        draw.rectangle((box[0] - 4, box[1] - 4, box[2] + 4, box[3] + 4), fill=(255, 255, 255))
+        draw.text(xy, empty_text, fill=(0, 0, 0), font=font)
+        return result
+    resized = []
+    outline = np.zeros(canvas.shape[:2], bool)
+    for k in keep:
+        mask = Image.fromarray(np.asarray(masks[k]).astype(np.uint8) * 255)
+        mask = np.asarray(mask.resize(size, Image.NEAREST) if scale > 1 else mask) > 0
+        resized.append(mask)
+        canvas[mask] = (1 - alpha) * canvas[mask] + alpha * palette[int(labels[k]) % len(palette)]
+        outline |= mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
     canvas[outline] = 0.4 * canvas[outline]
     result = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(result)
-    for k, (mask, label) in enumerate(zip(masks, labels)):
-        ys, xs = np.nonzero(np.asarray(mask))
-        if len(xs):
-            text = names.get(int(label), str(label)) + (f" {scores[k]:.2f}" if scores is not None else "")
-            draw.text((int(xs.min()), int(ys.min())), text, fill=(255, 255, 255))
+    placed: list[tuple[int, int, int, int]] = []
+    for k, mask in zip(keep, resized):
+        ys, xs = np.nonzero(mask)
+        text = names.get(int(labels[k]), str(labels[k])) + (f" {float(scores[k]):.2f}" if scores is not None else "")
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        x = min(int(xs.min()), size[0] - (right - left) - 2)
+        y = int(ys.min())
+        # Neighbouring objects' labels would overprint each other: move down below a label already there.
+        for other in placed:
+            if x < other[2] and other[0] < x + right and y < other[3] and other[1] < y + bottom:
+                y = other[3] + 1
+        y = min(y, size[1] - bottom - 2)
+        box = draw.textbbox((x, y), text, font=font)
+        box = (box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2)
+        draw.rectangle(box, fill=tuple(int(c) for c in palette[int(labels[k]) % len(palette)]))
+        draw.text((x, y), text, fill=(0, 0, 0), font=font)
+        placed.append(box)
     return result
 
 
@@ -494,8 +570,9 @@ def save_prediction_overlays(
     """Save `num_images` PNGs of the first images of `dataset`: ground truth (left) beside the prediction (right).
 
     The prediction goes through evaluation's own path: the dataset's preprocessing (the image processor) and
-    `post_process_predictions` (instance scores below `instance_threshold` are not drawn). Returns the written
-    paths.
+    `post_process_predictions` (instance scores below `instance_threshold` are not drawn). Both panels show the
+    image the model sees (images that are not 8-bit after the processor's intensity normalisation), enlarged to at
+    least `OVERLAY_MIN_SIDE` pixels, one label per object; an empty panel says so. Returns the written paths.
     """
     os.makedirs(output_dir, exist_ok=True)
     was_training = model.training
@@ -514,17 +591,23 @@ def save_prediction_overlays(
             label_ids_to_fuse=set(label_map.stuff_ids),
         )[0]  # fmt: skip
         sample = dataset.source[index]
+        # What the model sees: an image that is not 8-bit after the processor's intensity normalisation.
+        image = image_for_model(sample.image, dataset.image_processor, sample.file_name)
         truth_masks, truth_labels, _ = segments_to_draw(truth, dataset.task)
         masks, labels, scores = segments_to_draw(prediction, dataset.task)
-        left = draw_segments(sample.image, truth_masks, truth_labels, names)
-        right = draw_segments(sample.image, masks, labels, names, scores)
+        threshold = instance_threshold if dataset.task == "instance" else panoptic_threshold
+        left = draw_segments(image, truth_masks, truth_labels, names, empty_text="no annotated objects")
+        right = draw_segments(image, masks, labels, names, scores,
+                              empty_text=f"no prediction above threshold {threshold:g}")  # fmt: skip
         width, height = left.size
-        panel = Image.new("RGB", (2 * width + 4, height + 14), (255, 255, 255))
-        panel.paste(left, (0, 14))
-        panel.paste(right, (width + 4, 14))
+        font = _font(max(12, round(min(width, height) / 32)))
+        header_height = font.getbbox("Ag")[3] + 6
+        panel = Image.new("RGB", (2 * width + 4, height + header_height), (255, 255, 255))
+        panel.paste(left, (0, header_height))
+        panel.paste(right, (width + 4, header_height))
         header = ImageDraw.Draw(panel)
-        header.text((2, 1), "ground truth", fill=(0, 0, 0))
-        header.text((width + 6, 1), "prediction", fill=(0, 0, 0))
+        header.text((2, 2), "ground truth", fill=(0, 0, 0), font=font)
+        header.text((width + 6, 2), "prediction", fill=(0, 0, 0), font=font)
         stem = re.sub(r"[^0-9A-Za-z_-]+", "_", os.path.splitext(os.path.basename(str(sample.file_name)))[0])[-60:]
         path = os.path.join(output_dir, f"{index:03d}_{stem or sample.image_id}.png")
         panel.save(path)
@@ -714,7 +797,9 @@ __all__ = [
     "MAIN_METRIC",
     "Mask2FormerTrainer",
     "SegmentationMetrics",
+    "OVERLAY_MIN_SIDE",
     "build_param_groups",
+    "distinct_segments",
     "draw_segments",
     "flatten_metrics",
     "post_process_predictions",

@@ -268,7 +268,7 @@ def test_image_whose_size_differs_from_its_json_entry_is_rejected(coco_dir):
         source[0]
 
 
-def test_grayscale_rgba_and_16_bit_images_become_rgb(tmp_path):
+def test_8_bit_images_become_rgb_and_deeper_ones_stay_as_read(tmp_path):
     gray = np.arange(0, 240, 10, dtype=np.uint8).reshape(4, 6)
     _write_image(tmp_path / "gray.png", Image.fromarray(gray, mode="L"))
     rgb = load_image(str(tmp_path / "gray.png"))
@@ -291,14 +291,13 @@ def test_grayscale_rgba_and_16_bit_images_become_rgb(tmp_path):
     with Image.open(tmp_path / "deep.png") as image:
         assert image.mode.startswith("I")  # really a 16-bit image
     out = load_image(str(tmp_path / "deep.png"))
-    # Scaled to 8 bit over the full 16-bit range, not clipped at 255.
-    assert out[0, :, 0].tolist() == [0, 1, 128, 255]
-    assert (out[..., 0] == out[..., 1]).all()
+    # Kept as read, not clipped or scaled: the image processor normalises it (tests/test_intensity.py).
+    assert out.dtype == np.uint16 and out.tolist() == sixteen.tolist()
 
     palette = Image.fromarray(gray, mode="L").convert("P")
     assert to_rgb_array(palette).shape == (4, 6, 3)
-    with pytest.raises(DataError, match="floating-point"):
-        to_rgb_array(Image.fromarray(np.zeros((2, 2), np.float32)), "f.tif")
+    floating = to_rgb_array(Image.fromarray(np.array([[0.5, 2.0]], np.float32)), "f.tif")
+    assert floating.dtype == np.float32 and floating.tolist() == [[0.5, 2.0]]
 
 
 def test_unreadable_image_is_rejected_with_its_path(tmp_path):

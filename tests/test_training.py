@@ -240,7 +240,8 @@ def test_coco_folder_instance_run_outputs_and_resume(tmp_path, tiny_model_dir, c
     overlays = sorted(os.listdir(os.path.join(out, "predictions")))
     assert len(overlays) == 2 and all(f.endswith(".png") for f in overlays)
     with Image.open(os.path.join(out, "predictions", overlays[0])) as overlay:
-        assert overlay.size == (2 * 64 + 4, 64 + 14)
+        # Two 64-px panels, each enlarged to 512 px so that labels can be read, under a header line.
+        assert overlay.size[0] == 2 * 512 + 4 and 512 < overlay.size[1] < 560
     card = open(os.path.join(out, "README.md")).read()
     assert "| map |" in card and "## Training settings" in card and "backbone LR multiplier | 0.1 |" in card
     assert "random initialisation" in card  # no config.backbone_checkpoint on this model
