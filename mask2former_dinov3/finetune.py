@@ -972,7 +972,9 @@ def execute(prepared: PreparedRun) -> dict[str, float]:
         os.makedirs(output_dir, exist_ok=True)
         save_json(
             os.path.join(output_dir, "label_map.json"),
-            {"id2label": label_map.id2label, "thing_ids": sorted(label_map.thing_ids), "stuff_ids": label_map.stuff_ids},
+            {"id2label": label_map.id2label, "thing_ids": sorted(label_map.thing_ids), "stuff_ids": label_map.stuff_ids,
+             # label id -> the data's own category id (COCO category_id, or the HF semantic id), for predictions
+             "category_ids": {label: dataset_id for dataset_id, label in label_map.dataset_ids.items()}},
         )
         if eval_dataset is not None and data_args.num_overlay_images > 0:
             overlay_dir = os.path.join(output_dir, "predictions")

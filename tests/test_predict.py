@@ -126,3 +126,39 @@ def test_empty_folder_is_reported_and_the_rest_processed(setup, tmp_path, capsys
     assert code == 0
     assert "no images in this folder" in capsys.readouterr().err
     assert len(json.loads((tmp_path / "o" / "images.json").read_text())) == 1
+
+
+def test_predictions_json_gives_the_training_scripts_mask_ap(tmp_path):
+    """A model trained by run_instance_seg.py: the predict CLI's predictions.json, scored by pycocotools against the
+    validation split's own COCO JSON, gives the script's reported mask AP (threshold 0, as the script evaluates)."""
+    import shutil
+
+    from pycocotools.cocoeval import COCOeval
+
+    from mask2former_dinov3.finetune import main as train
+    from mask2former_dinov3.synthetic import SyntheticConfig, write_coco_dataset
+
+    data = tmp_path / "data"
+    # Category ids 1-4 in the JSON, labels 0-3 in the model: the mapping through label_map.json is exercised.
+    write_coco_dataset(data, num_train=8, num_valid=1, config=SyntheticConfig(image_size=96, size_probabilities=(0, 0.3, 0.7)))
+    shutil.rmtree(data / "valid")
+    shutil.copytree(data / "train", data / "valid")  # a model that trains in seconds then finds objects: AP > 0
+    out = tmp_path / "out"
+    train(["--data_dir", str(data), "--output_dir", str(out), "--do_train", "--do_eval", "--max_steps", "60",
+           "--image_height", "64", "--image_width", "64", "--per_device_train_batch_size", "8",
+           "--per_device_eval_batch_size", "4", "--learning_rate", "1e-3", "--warmup_steps", "0",
+           "--weight_decay", "0", "--min_scale", "1", "--max_scale", "1", "--color_jitter", "0", "--report_to", "none",
+           "--dataloader_num_workers", "0", "--seed", "0", "--save_strategy", "no", "--num_overlay_images", "0"])  # fmt: skip
+    reported = json.loads((out / "eval_results.json").read_text())
+    annotations = data / "valid" / "_annotations.coco.json"
+    done = _cli(out, data / "valid", "--output_dir", tmp_path / "pred", "--annotations", annotations,
+                "--threshold", "0", "--batch_size", "4", "--no_overlays")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    ground_truth = COCO(str(annotations))
+    evaluation = COCOeval(ground_truth, ground_truth.loadRes(str(tmp_path / "pred" / "predictions.json")), "segm")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    assert evaluation.stats[0] > 0.05, evaluation.stats  # a trained model: not a comparison of two zeros
+    assert evaluation.stats[0] == pytest.approx(reported["eval_map"], abs=1e-6)
+    assert evaluation.stats[1] == pytest.approx(reported["eval_map_50"], abs=1e-6)
