@@ -40,7 +40,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -786,15 +786,7 @@ def resize_sample(sample: Sample, image_processor) -> Sample:
         ).astype(np.uint8)
     else:
         masks = np.zeros((0, height, width), np.uint8)
-    return Sample(
-        image=image,
-        masks=masks,
-        labels=sample.labels,
-        iscrowd=sample.iscrowd,
-        is_instance=sample.is_instance,
-        image_id=sample.image_id,
-        file_name=sample.file_name,
-    )
+    return replace(sample, image=image, masks=masks)
 
 
 def pixel_values_of(image: np.ndarray, image_processor) -> torch.Tensor:
@@ -852,15 +844,7 @@ def apply_transform(transform, sample: Sample) -> Sample:
     new_masks = np.asarray(out["masks"], dtype=np.uint8)
     if dummy:
         new_masks = new_masks[:0]
-    return Sample(
-        image=out["image"],
-        masks=new_masks,
-        labels=sample.labels,
-        iscrowd=sample.iscrowd,
-        is_instance=sample.is_instance,
-        image_id=sample.image_id,
-        file_name=sample.file_name,
-    )
+    return replace(sample, image=out["image"], masks=new_masks)
 
 
 class SegmentationDataset(torch.utils.data.Dataset):

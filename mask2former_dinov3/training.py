@@ -339,13 +339,9 @@ class Mask2FormerTrainer(Trainer):
             # set's logits in memory (transformers' own segmentation example sets the same).
             self.args.batch_eval_metrics = True
             self.args.eval_do_concat_batches = False
-        self.task = task
-        self.label_map = label_map
-        self.image_processor = image_processor
+        # Task, labels, processor and thresholds live in `segmentation_metrics`, their one user.
         self.backbone_lr_multiplier = backbone_lr_multiplier
         self.layer_decay = layer_decay
-        self.instance_threshold = instance_threshold
-        self.panoptic_threshold = panoptic_threshold
         # Mask2Former normalises its loss itself (by the number of masks): Trainer must not rescale it.
         self.model_accepts_loss_kwargs = False
 
