@@ -595,6 +595,13 @@ class SyntheticSegmentationSource:
         self.label_map = synthetic_label_map(with_stuff)
         self._cache: dict[int, Sample] = {}
 
+    @property
+    def area_ranges(self) -> dict[str, tuple[float, float]]:
+        """The generator's small / medium / large areas in pixels (see `synthetic.size_bucket_area_ranges`)."""
+        from .synthetic import size_bucket_area_ranges
+
+        return size_bucket_area_ranges(*self.config.size)
+
     def __len__(self) -> int:
         return self.num_samples
 

@@ -508,7 +508,8 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, trai
             validation=validation,
             description=f"the package's synthetic shapes ({len(train)} training / {len(validation)} validation "
             f"images of {data_args.synthetic_image_size} px, seed {data_args.synthetic_seed}, small / medium / large "
-            f"shape probabilities {data_args.synthetic_size_probabilities})",
+            f"shape probabilities {data_args.synthetic_size_probabilities}; map_small / map_medium / map_large use "
+            f"these size classes: {_describe_area_ranges(validation.area_ranges)})",
         )
     bundle.train = _first(bundle.train, data_args.max_train_samples)
     bundle.validation = _first(bundle.validation, data_args.max_eval_samples)
@@ -518,6 +519,11 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, trai
     if training_args.do_eval and bundle.validation is None:
         raise ValueError("--do_eval needs validation data (valid/ in --data_dir, --validation_annotation_file or a split).")
     return bundle
+
+
+def _describe_area_ranges(ranges: dict) -> str:
+    (_, small), (_, medium) = ranges["small"], ranges["medium"]
+    return f"areas under {small:.0f} px, {small:.0f} to {medium:.0f} px, over {medium:.0f} px"
 
 
 def _load_coco(data_args: DataTrainingArguments, training_args) -> DataBundle:

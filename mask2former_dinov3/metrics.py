@@ -404,9 +404,12 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
             labels seen in ground truth or predictions, and `map_per_class` is keyed by id.
         max_detections: detections per image kept by COCOeval (its largest `maxDets`; COCO uses 100).
         shard_id: prefix of automatic image ids (defaults to the torch.distributed rank); see the module docstring.
+        area_ranges: `{"small": (low, high), "medium": ..., "large": ...}` in pixels, for `map_small/medium/large`
+            (default: COCO's absolute ranges, < 32², 32²-96², > 96²). Data whose size classes are defined otherwise
+            (e.g. relative to the image, as the synthetic shapes) pass their own so the report matches them.
 
-    `compute()` returns `map` (AP@[.5:.95]), `map_50`, `map_75`, `map_small`, `map_medium`, `map_large` (COCO's
-    absolute area ranges: < 32², 32²-96², > 96² pixels), `mar_100` (AR at `max_detections`), `map_per_class`
+    `compute()` returns `map` (AP@[.5:.95]), `map_50`, `map_75`, `map_small`, `map_medium`, `map_large` (in
+    `area_ranges`), `mar_100` (AR at `max_detections`), `map_per_class`
     and `num_images`. A value COCO reports as -1 (no ground truth in that class / area range) is NaN; classes
     without any ground truth are NaN in `map_per_class` and, as in COCO, do not enter `map`.
     """
@@ -418,15 +421,17 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
         class_names: Mapping[int, str] | Sequence[str] | None = None,
         max_detections: int = 100,
         shard_id: int | None = None,
+        area_ranges: Mapping[str, Sequence[float]] | None = None,
     ):
         super().__init__(shard_id=shard_id)
         self.class_names = _class_names(class_names)
         if max_detections < 1:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}.")
         self.max_detections = int(max_detections)
+        self.area_ranges = _area_ranges(area_ranges)
 
     def _config(self) -> dict:
-        return {"class_names": self.class_names, "max_detections": self.max_detections}
+        return {"class_names": self.class_names, "max_detections": self.max_detections, "area_ranges": self.area_ranges}
 
     def _record(self, gt: Mapping, pred: Mapping, index: int) -> dict:
         for what, item, required in (
@@ -498,6 +503,8 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
             coco_dt.createIndex()
             evaluator = COCOeval(coco_gt, coco_dt, iouType="segm")
             evaluator.params.maxDets = [1, 10, self.max_detections]
+            if self.area_ranges is not None:  # same order as COCOeval's labels: all, small, medium, large
+                evaluator.params.areaRng = [evaluator.params.areaRng[0], *map(list, self.area_ranges.values())]
             if category_ids:
                 evaluator.evaluate()
                 evaluator.accumulate()
@@ -520,6 +527,21 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
             for category_id, name in self.class_names.items():
                 result["map_per_class"].setdefault(name, _NAN)
         return {k: result[k] for k in (*names, "mar_100", "map_per_class")}
+
+
+def _area_ranges(area_ranges: Mapping[str, Sequence[float]] | None) -> dict[str, tuple[float, float]] | None:
+    if area_ranges is None:
+        return None
+    names = ("small", "medium", "large")
+    if not isinstance(area_ranges, Mapping) or sorted(area_ranges) != sorted(names):
+        raise ValueError(f"area_ranges must map exactly {list(names)} to (low, high) pixel areas, got {area_ranges!r}.")
+    ranges = {}
+    for name in names:
+        value = area_ranges[name]
+        if len(value) != 2 or not 0 <= float(value[0]) < float(value[1]):
+            raise ValueError(f"area_ranges[{name!r}] must be (low, high) with 0 <= low < high, got {value!r}.")
+        ranges[name] = (float(value[0]), float(value[1]))
+    return ranges
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -75,6 +75,15 @@ def size_bucket(area: float, height: int, width: int) -> str:
     return "medium" if fraction < MEDIUM_AREA_FRACTION else "large"
 
 
+def size_bucket_area_ranges(height: int, width: int) -> dict[str, tuple[float, float]]:
+    """The pixel areas of `size_bucket`'s small / medium / large at `height` x `width`, as
+    `InstanceSegmentationEvaluator(area_ranges=...)` takes them, so that `map_small/medium/large` report these
+    buckets rather than COCO's absolute ones (which at 128 px leave "large" empty)."""
+    area = height * width
+    small, medium = SMALL_AREA_FRACTION * area, MEDIUM_AREA_FRACTION * area
+    return {"small": (0.0, small), "medium": (small, medium), "large": (medium, 1e10)}
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Knobs of the generator (defaults: the benchmark's 128-px images).

@@ -218,7 +218,9 @@ class SegmentationMetrics:
         """A fresh metric accumulator for the task."""
         label_map = self.label_map
         if self.task == "instance":
-            return InstanceSegmentationEvaluator(class_names=label_map.id2label)
+            # A source whose size classes are not COCO's (the synthetic shapes) reports its own.
+            area_ranges = getattr(getattr(self.dataset, "source", None), "area_ranges", None)
+            return InstanceSegmentationEvaluator(class_names=label_map.id2label, area_ranges=area_ranges)
         if self.task == "semantic":
             return SemanticSegmentationEvaluator(
                 num_classes=label_map.num_labels, ignore_index=IGNORE_INDEX, class_names=label_map.id2label

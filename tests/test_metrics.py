@@ -449,3 +449,29 @@ def test_two_process_gloo_all_gather_equals_single_process(tmp_path):
         for task in expected:
             assert out["results"][task]["num_images"] == 7  # ... but the gathered result counts 7, once each
             assert_same(out["results"][task], expected[task])
+
+
+def test_instance_area_ranges_decide_which_bucket_an_object_counts_in():
+    # One 400 px object, found exactly. COCO's absolute ranges call it small; ranges where 400 px is "large" (the
+    # synthetic generator's at 128 px) must report it there, and the overall AP must not change.
+    shape = (64, 64)
+    gt = box(shape, (0, 20), (0, 20))
+    ground_truth = {"masks": gt[None], "labels": [0]}
+    prediction = {"masks": gt[None], "labels": [0], "scores": [0.9]}
+    results = {}
+    for name, ranges in (("coco", None), ("custom", {"small": (0, 50), "medium": (50, 300), "large": (300, 1e10)})):
+        evaluator = InstanceSegmentationEvaluator(area_ranges=ranges)
+        evaluator.update(ground_truth, prediction)
+        results[name] = evaluator.compute()
+    assert results["coco"]["map_small"] == pytest.approx(1.0) and math.isnan(results["coco"]["map_large"])
+    assert results["custom"]["map_large"] == pytest.approx(1.0)
+    assert math.isnan(results["custom"]["map_small"]) and math.isnan(results["custom"]["map_medium"])
+    assert results["custom"]["map"] == results["coco"]["map"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "ranges", [{"small": (0, 10), "medium": (10, 20)}, {"small": (0, 10), "medium": (20, 10), "large": (20, 30)}]
+)
+def test_instance_bad_area_ranges_raise(ranges):
+    with pytest.raises(ValueError, match="area_ranges"):
+        InstanceSegmentationEvaluator(area_ranges=ranges)

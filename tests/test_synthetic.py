@@ -20,6 +20,7 @@ from mask2former_dinov3.synthetic import (
     generate_sample,
     generate_samples,
     size_bucket,
+    size_bucket_area_ranges,
     write_coco_dataset,
 )
 
@@ -90,6 +91,20 @@ def test_classes_overlaps_empty_images_and_sizes_are_present(samples):
     assert max(instances) >= 5
     assert touching >= 20, f"only {touching} occluded instances"
     assert set(buckets) == {"small", "medium", "large"} and min(buckets.values()) >= 20, buckets
+
+
+def test_reported_area_ranges_are_the_generators_buckets(samples):
+    # map_small/medium/large of the offline default are computed with these ranges: each shape must fall in the
+    # range of the bucket the generator gives it (COCOeval's ranges are inclusive at both ends).
+    height, width = SyntheticConfig().size
+    ranges = size_bucket_area_ranges(height, width)
+    for s in samples:
+        for mask in s.masks:
+            area = int(mask.sum())
+            low, high = ranges[size_bucket(area, height, width)]
+            assert low <= area <= high
+            others = [b for b, (lo, hi) in ranges.items() if lo < area < hi]
+            assert others == [size_bucket(area, height, width)]
 
 
 def test_semantic_and_panoptic_agree_with_instances(samples):

@@ -319,6 +319,9 @@ def test_offline_default_smoke(tmp_path):
           "--synthetic_image_size", "64", "--num_overlay_images", "1", *SMALL])  # fmt: skip
     results = _read(os.path.join(out, "eval_results.json"))
     assert "eval_map" in results and results["eval_num_images"] == 4
+    # The size buckets are the generator's (COCO's absolute ones would leave "large" empty at 64 px); these 4
+    # images (seed 0) hold shapes of all three.
+    assert all(np.isfinite(results[f"eval_map_{size}"]) for size in ("small", "medium", "large")), results
     config = _read(os.path.join(out, "config.json"))
     assert config["backbone_config"]["model_type"] == "dinov3_convnext"
     assert "backbone LR multiplier | 1 |" in open(os.path.join(out, "README.md")).read()  # random-init backbone
