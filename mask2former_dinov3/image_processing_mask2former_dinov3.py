@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
+
+from transformers.utils import logging
 from transformers.models.mask2former.image_processing_pil_mask2former import (
     Mask2FormerImageProcessorKwargs,
     Mask2FormerImageProcessorPil,
@@ -10,6 +13,10 @@ from transformers.models.mask2former.image_processing_pil_mask2former import (
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
 from .intensity import to_uint8
 from .presets import IMAGENET_MEAN, IMAGENET_STD, get_preset
+
+
+logger = logging.get_logger(__name__)
+_WARNED_ABOUT_THRESHOLD = weakref.WeakSet()  # not an attribute: those are saved to preprocessor_config.json
 
 
 class Mask2FormerDINOv3ImageProcessorKwargs(Mask2FormerImageProcessorKwargs, total=False):
@@ -50,6 +57,29 @@ class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
         if isinstance(images, (list, tuple)):
             return [self.normalize_intensity(image, method) for image in images]
         return to_uint8(images, method or self.intensity_normalization)
+
+    def post_process_instance_segmentation(self, outputs, threshold: float = 0.5, **kwargs) -> list[dict]:
+        """Upstream's, warning when an image gets no instance only because of `threshold`."""
+        results = super().post_process_instance_segmentation(outputs, threshold=threshold, **kwargs)
+        return self._warn_if_thresholded_away(outputs, results, threshold)
+
+    def post_process_panoptic_segmentation(self, outputs, threshold: float = 0.5, **kwargs) -> list[dict]:
+        """Upstream's, warning when an image gets no segment only because of `threshold`."""
+        results = super().post_process_panoptic_segmentation(outputs, threshold=threshold, **kwargs)
+        return self._warn_if_thresholded_away(outputs, results, threshold)
+
+    def _warn_if_thresholded_away(self, outputs, results: list[dict], threshold: float) -> list[dict]:
+        # `pipeline("image-segmentation")` thresholds at 0.9 and otherwise returns [] without saying why. Once per
+        # processor, so that predicting a folder of empty images does not repeat it.
+        empty = [i for i, result in enumerate(results) if not result["segments_info"]]
+        if empty and threshold > 0 and self not in _WARNED_ABOUT_THRESHOLD:
+            best = outputs.class_queries_logits[empty].softmax(-1)[..., :-1].max().item()
+            logger.warning(
+                f"No segment passed threshold={threshold} in {len(empty)} of {len(results)} image(s) (their best "
+                f"class probability: {best:.3f}); pass a lower `threshold` (e.g. to the pipeline) to see more."
+            )
+            _WARNED_ABOUT_THRESHOLD.add(self)
+        return results
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "Mask2FormerDINOv3ImageProcessor":

@@ -200,6 +200,27 @@ def test_pipeline_from_a_saved_folder_returns_masks(saved):
     assert all(r["mask"].size == (90, 70) for r in instances)
 
 
+def test_pipeline_says_why_it_returns_nothing(saved, tmp_path):
+    # A random 3-class model: no query is 90 % sure, so the pipeline's default threshold keeps nothing. It says so,
+    # once per processor; threshold 0 keeps segments and warns about nothing.
+    from transformers.testing_utils import CaptureLogger
+
+    from mask2former_dinov3 import image_processing_mask2former_dinov3 as module
+
+    segmenter = pipeline("image-segmentation", model=str(saved[0]))
+    with CaptureLogger(module.logger) as captured:
+        assert segmenter(_image(), subtask="instance") == []
+        assert segmenter(_image(seed=1), subtask="panoptic") == []
+    assert captured.out.count("No segment passed threshold=0.9 in 1 of 1 image(s)") == 1, captured.out
+    assert "best class probability" in captured.out and "lower `threshold`" in captured.out
+    quiet = pipeline("image-segmentation", model=str(saved[0]))
+    with CaptureLogger(module.logger) as captured:
+        assert quiet(_image(), subtask="instance", threshold=0.0)
+    assert captured.out == ""
+    segmenter.image_processor.save_pretrained(tmp_path)  # the once-only flag is not a setting
+    assert "warned" not in (tmp_path / "preprocessor_config.json").read_text()
+
+
 @pytest.mark.parametrize("task", ["instance", "semantic", "panoptic"])
 def test_model_card_usage_snippets_run_verbatim_without_the_package(task, tmp_path):
     """The model card's code blocks, run as written from the folder's parent in a fresh process that never imports
