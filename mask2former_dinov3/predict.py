@@ -5,7 +5,9 @@ Writes into `--output_dir`:
 * `predictions.json`: COCO results, a list of `{"image_id", "category_id", "segmentation" (RLE), "score"}`
   (`--task semantic`: one entry per class present, without score, as COCO stuff results);
 * `images.json`: the COCO `images` entries (`id`, `file_name`, `height`, `width`) of the processed images;
-* `overlays/<name>.png`: the image with coloured masks and one label per object / region;
+* `overlays/<name>.png`: the image with coloured masks and one label per object / region, drawn as training's
+  overlays are (`mask2former_dinov3.overlays.draw_segments`: enlarged to at least 512 px on the short side, an
+  empty prediction said so);
 * `--task semantic`: `semantic/<name>.png`, the label-id map (8-bit, or 16-bit above 255 labels);
 * `--task panoptic`: `panoptic/<name>.png`, segment ids in COCO panoptic's RGB encoding
   (`id = R + 256 G + 256^2 B`), and `panoptic.json`, COCO panoptic results (`{"annotations": [...]}`).
@@ -35,10 +37,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from .intensity import is_8_bit
+from .overlays import draw_segments
 
 
 __all__ = [
@@ -49,7 +52,6 @@ __all__ = [
     "forward_images",
     "load_category_ids",
     "main",
-    "overlay",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -149,34 +151,6 @@ def forward_images(model, image_processor, images, device, dtype, **processor_kw
             )
         )
     return results
-
-
-def _colour(index: int) -> tuple[int, int, int]:
-    # Golden-ratio hue steps: neighbouring ids get distinct colours.
-    hue = (index * 0.618033988749895) % 1.0
-    rgb = Image.new("HSV", (1, 1), (int(hue * 255), 200, 230)).convert("RGB").getpixel((0, 0))
-    return tuple(rgb)
-
-
-def overlay(image: Image.Image, masks: Sequence[np.ndarray], captions: Sequence[str], alpha: float = 0.5) -> Image.Image:
-    """The image with each mask tinted in its own colour and its caption written at the mask's top-left corner."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    out = base.copy()
-    for index, mask in enumerate(masks):
-        mask = np.asarray(mask, dtype=bool)
-        out[mask] = (1 - alpha) * out[mask] + alpha * np.array(_colour(index), dtype=np.float32)
-    result = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(result)
-    font = ImageFont.load_default()
-    for index, (mask, caption) in enumerate(zip(masks, captions)):
-        rows, cols = np.nonzero(np.asarray(mask, dtype=bool))
-        if len(rows) == 0:
-            continue
-        xy = (int(cols.min()), int(rows.min()))
-        box = draw.textbbox(xy, caption, font=font)
-        draw.rectangle(box, fill=_colour(index))
-        draw.text(xy, caption, fill=(0, 0, 0), font=font)
-    return result
 
 
 @dataclass
@@ -310,9 +284,14 @@ class _Writer:
     def category(self, label: int) -> int:
         return self.category_ids.get(label, label) if self.category_ids else label
 
-    def caption(self, label: int, score: float | None = None) -> str:
-        name = self.names.get(label, str(label))
-        return name if score is None else f"{name} {score:.2f}"
+    def overlay(self, item: _Item, image: Image.Image, masks, labels, scores) -> None:
+        """Write `overlays/<name>.png` with training's own drawing (`overlays.draw_segments`): one label per object,
+        small images enlarged, an empty prediction said so."""
+        empty = "no prediction"
+        if self.args.task != "semantic":
+            empty += f" above threshold {self.args.threshold:g}"
+        drawn = draw_segments(np.asarray(image.convert("RGB")), masks, labels, self.names, scores, empty_text=empty)
+        drawn.save(self.out / "overlays" / f"{item.name}.png")
 
     def image(self, item: _Item, image: Image.Image) -> None:
         self.images.append(
@@ -330,14 +309,10 @@ class _Writer:
                 }
             )
         if not self.args.no_overlays:
-            from .training import distinct_segments
-
             threshold = max(self.args.threshold, 1e-9)
             above = [instance for instance in instances if instance[2] >= threshold]
-            # Several queries (or, at a low threshold, one query per class) on one object: label it once.
-            keep = distinct_segments([m for m, _, _ in above], [s for _, _, s in above])
-            shown = [(above[k][0], self.caption(above[k][1], above[k][2])) for k in keep]
-            overlay(image, [m for m, _ in shown], [c for _, c in shown]).save(self.out / "overlays" / f"{item.name}.png")
+            masks, labels, scores = ([instance[k] for instance in above] for k in range(3))
+            self.overlay(item, image, masks, labels, scores)
 
     def semantic(self, item, image, label_map: np.ndarray) -> None:
         labels = [int(v) for v in np.unique(label_map)]
@@ -349,7 +324,7 @@ class _Writer:
         dtype = np.uint8 if max(self.names, default=0) < 256 else np.uint16
         Image.fromarray(label_map.astype(dtype)).save(self.out / "semantic" / f"{item.name}.png")
         if not self.args.no_overlays:
-            overlay(image, masks, [self.caption(v) for v in labels]).save(self.out / "overlays" / f"{item.name}.png")
+            self.overlay(item, image, masks, labels, None)
 
     def panoptic_result(self, item, image, segmentation: np.ndarray, segments: list[dict]) -> None:
         # Upstream numbers segments from 1 and marks "no segment" 0 (or -1 when nothing is kept); COCO uses 0.
@@ -357,7 +332,7 @@ class _Writer:
         rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
         Image.fromarray(rgb).save(self.out / "panoptic" / f"{item.name}.png")
         infos = []
-        masks, captions = [], []
+        masks, labels, scores = [], [], []
         for seg in segments:
             mask = segmentation == seg["id"]
             label = int(seg["label_id"])
@@ -371,10 +346,11 @@ class _Writer:
                 }
             )
             masks.append(mask)
-            captions.append(self.caption(label, float(seg["score"])))
+            labels.append(label)
+            scores.append(float(seg["score"]))
         self.panoptic.append({"image_id": item.image_id, "file_name": f"{item.name}.png", "segments_info": infos})
         if not self.args.no_overlays:
-            overlay(image, masks, captions).save(self.out / "overlays" / f"{item.name}.png")
+            self.overlay(item, image, masks, labels, scores)
 
     def close(self) -> None:
         (self.out / "predictions.json").write_text(json.dumps(self.predictions))
