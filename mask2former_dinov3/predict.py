@@ -20,7 +20,8 @@ sorted input order.
 Pre- and post-processing are the model's own image processor's (the same pixels as training and evaluation; images
 that are not 8-bit, e.g. 16-bit TIFF, go through its intensity normalisation, and the overlays show them so); results
 are at each image's original size. `--tile H W --overlap P` runs the model on overlapping windows at native
-resolution instead (see `mask2former_dinov3.tiling`).
+resolution instead (see `mask2former_dinov3.tiling`); a model folder with `tiling.json` (trained with
+`run_instance_seg.py --crop_to_size`) is run by its tiles unless `--tile` says otherwise.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pycocotools import mask as mask_utils
 
 from .intensity import is_8_bit
 from .overlays import draw_segments
+from .tiling import TILING_FILE, default_overlap, load_tiling
 
 
 __all__ = [
@@ -174,8 +176,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"), help="tiled prediction with H x W windows")
-    parser.add_argument("--overlap", type=int, default=128, help="overlap of neighbouring tiles, in pixels")
+    parser.add_argument(
+        "--tile", type=int, nargs=2, metavar=("H", "W"),
+        help="tiled prediction with H x W windows (default: the model folder's tiling.json, written by training with "
+        "--crop_to_size; without one, whole images resized by the processor)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overlap", type=int,
+        help="overlap of neighbouring tiles, in pixels (default: tiling.json's, else a quarter of the shorter tile side)",
+    )  # fmt: skip
     parser.add_argument("--no_overlays", action="store_true", help="do not write overlay PNGs")
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
@@ -183,15 +192,37 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.tile is not None:
-        if min(args.tile) < 32:
-            raise UsageError(f"--tile sizes must be at least 32, got {args.tile}")
-        if not 0 <= args.overlap < min(args.tile):
-            raise UsageError(f"--overlap must be in [0, {min(args.tile)}), got {args.overlap}")
-        if args.task == "panoptic":
-            raise UsageError("--tile supports --task instance and semantic, not panoptic")
+        _check_tiling(args)
     if args.annotations and not Path(args.annotations).is_file():
         raise UsageError(f"--annotations {args.annotations}: no such file")
     return args
+
+
+def _check_tiling(args: argparse.Namespace) -> None:
+    if args.overlap is None:
+        args.overlap = default_overlap(args.tile)
+    if min(args.tile) < 32:
+        raise UsageError(f"--tile sizes must be at least 32, got {args.tile}")
+    if not 0 <= args.overlap < min(args.tile):
+        raise UsageError(f"--overlap must be in [0, {min(args.tile)}), got {args.overlap}")
+    if args.task == "panoptic":
+        raise UsageError("--tile supports --task instance and semantic, not panoptic")
+
+
+def _default_tiling(args: argparse.Namespace) -> None:
+    """Without `--tile`, the tiles of a model trained on native-resolution crops (its folder's `tiling.json`)."""
+    if args.tile is not None or not Path(args.model).is_dir():
+        return
+    saved = load_tiling(args.model)
+    if saved is None:
+        return
+    if args.task == "panoptic":
+        raise UsageError(
+            f"{args.model} was trained on native-resolution crops ({TILING_FILE}): it is run by tiles, which support "
+            f"--task instance and semantic, not panoptic"
+        )
+    args.tile, args.overlap = list(saved[0]), (saved[1] if args.overlap is None else args.overlap)
+    _check_tiling(args)
 
 
 def _load(model_name: str, device: str, dtype: torch.dtype):
@@ -387,6 +418,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    _default_tiling(args)
+    if args.tile is None and args.overlap is not None:
+        raise UsageError(f"--overlap goes with --tile (or a model folder with {TILING_FILE})")
     paths = collect_inputs(args.inputs)
     model, processor = _load(args.model, args.device, dtype)
     items = _items(paths, args.annotations)

@@ -10,7 +10,8 @@
   public hooks: `prediction_step` returns only the class and mask logits and, as labels, the dataset indices of the
   batch; Trainer gathers them from every process (dropping the images the distributed sampler repeated) and the
   metrics look the ground truth up in the evaluated dataset, each image once, so every process gets the numbers of
-  a single-process evaluation.
+  a single-process evaluation. With `tile_size` (training on native-resolution crops) it evaluates by tiles
+  instead (`tiled_prediction`, the same tiles as `mask2former-dinov3-predict --tile`), with the same metrics.
 * `write_model_card`, `save_prediction_overlays` (drawn by `mask2former_dinov3.overlays.draw_segments`).
 """
 
@@ -21,6 +22,7 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -30,6 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import speed_metrics
 
 from .data import IGNORE_INDEX, LabelMap, SegmentationCollator, SegmentationDataset, image_for_model
 from .metrics import (
@@ -40,6 +43,7 @@ from .metrics import (
 )
 # Re-exported: the drawing helpers were defined here before the prediction CLI shared them.
 from .overlays import OVERLAY_MIN_SIDE, _font, _palette, distinct_segments, draw_segments  # noqa: F401
+from .tiling import predict_tiled
 
 
 logger = logging.getLogger(__name__)
@@ -177,6 +181,39 @@ def post_process_predictions(
     ]
 
 
+@torch.no_grad()
+def tiled_prediction(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    index: int,
+    tile_size: tuple[int, int],
+    overlap: int,
+    threshold: float = 0.0,
+    batch_size: int = 4,
+) -> Any:
+    """Prediction of image `index` of `dataset` at its native resolution by tiles (`tiling.predict_tiled`, as
+    `mask2former-dinov3-predict --tile` runs it), in the format of the task's evaluator (instance or semantic).
+
+    The image is the one the model sees (`image_for_model`: the processor's intensity normalisation for images that
+    are not 8-bit); each window gets the processor's rescaling and normalisation without resizing.
+    """
+    sample = dataset.source[index]
+    image = Image.fromarray(image_for_model(sample.image, dataset.image_processor, sample.file_name))
+    parameter = next(model.parameters())
+    result = predict_tiled(
+        model, dataset.image_processor, image, tile_size, overlap, task=dataset.task, threshold=threshold,
+        batch_size=batch_size, device=parameter.device, dtype=parameter.dtype,
+    )  # fmt: skip
+    if dataset.task == "semantic":
+        return result.cpu().numpy()
+    masks = np.stack([i.mask for i in result]) if result else np.zeros((0, image.height, image.width), bool)
+    return {
+        "masks": masks,
+        "labels": np.array([i.label for i in result], dtype=np.int64),
+        "scores": np.array([i.score for i in result], dtype=np.float64),
+    }
+
+
 class SegmentationMetrics:
     """Trainer's `compute_metrics` for segmentation, with `batch_eval_metrics=True`.
 
@@ -241,14 +278,26 @@ class SegmentationMetrics:
         self.evaluator = self.make_evaluator()
         self.seen = set()
 
-    def update(self, class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor, indices) -> None:
-        """Add one batch: its logits and the dataset indices of its images (repeated images are skipped)."""
+    def _unseen(self, indices) -> tuple[list[int], list[int]]:
+        # Positions and indices of the images not added yet (the distributed sampler repeats some), marked seen.
         indices = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
         keep = []
         for position, index in enumerate(indices):
             if index not in self.seen:
                 self.seen.add(index)
                 keep.append(position)
+        return keep, indices
+
+    def add_predictions(self, indices: Sequence[int], predictions: Sequence[Any]) -> None:
+        """Add images by dataset index with predictions already in the evaluator's format (e.g. tiled ones)."""
+        keep, indices = self._unseen(indices)
+        if keep:
+            truths = [self.dataset.ground_truth(indices[k])[1] for k in keep]
+            self.evaluator.update(truths, [predictions[k] for k in keep], image_ids=[indices[k] for k in keep])
+
+    def update(self, class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor, indices) -> None:
+        """Add one batch: its logits and the dataset indices of its images (repeated images are skipped)."""
+        keep, indices = self._unseen(indices)
         if not keep:
             return
         truths = [self.dataset.ground_truth(indices[k]) for k in keep]
@@ -281,7 +330,12 @@ class SegmentationMetrics:
         if not compute_result:
             return None
         # Every process already holds every gathered batch: no further synchronisation.
-        metrics = self.evaluator.compute(sync=False)
+        return self.result(sync=False)
+
+    def result(self, sync: bool) -> dict[str, float]:
+        """The flattened metrics of the images added since `start`, with `num_images`; with `sync`, over the images
+        of every process (a collective call when torch.distributed is initialised)."""
+        metrics = self.evaluator.compute(sync=sync)
         num_images = int(metrics.pop("num_images"))
         flat = flatten_metrics(metrics)
         flat["num_images"] = float(num_images)
@@ -306,6 +360,9 @@ class Mask2FormerTrainer(Trainer):
         instance_threshold: score threshold of `post_process_instance_segmentation` for mAP (default 0: keep every
             query, as COCO AP expects ranked detections).
         panoptic_threshold: `threshold` of `post_process_panoptic_segmentation`.
+        tile_size, tile_overlap: evaluate by tiles instead (a model trained on native-resolution crops): each image
+            is predicted at its own resolution with `tiled_prediction` (windows of `tile_size`, `tile_overlap`
+            pixels apart at least), each process taking its share of the images; the metrics are the same code.
 
     Evaluation datasets must be `SegmentationDataset(for_evaluation=True)`: their batches carry `dataset_index`,
     which `prediction_step` returns as labels. Unless `compute_metrics` is given, the metrics are a
@@ -322,10 +379,16 @@ class Mask2FormerTrainer(Trainer):
         layer_decay: float | None = None,
         instance_threshold: float = 0.0,
         panoptic_threshold: float = 0.5,
+        tile_size: tuple[int, int] | None = None,
+        tile_overlap: int = 0,
         **kwargs,
     ):
         if task not in MAIN_METRIC:
             raise ValueError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
+        if tile_size is not None and task == "panoptic":
+            raise ValueError("tiled evaluation supports the instance and semantic tasks, not panoptic")
+        self.tile_size = None if tile_size is None else (int(tile_size[0]), int(tile_size[1]))
+        self.tile_overlap = int(tile_overlap)
         self.segmentation_metrics = None
         if kwargs.get("compute_metrics") is None and label_map is not None and image_processor is not None:
             self.segmentation_metrics = SegmentationMetrics(
@@ -382,6 +445,8 @@ class Mask2FormerTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Trainer's `evaluate`, with the segmentation metrics started on the dataset it evaluates."""
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if self.tile_size is not None and self.segmentation_metrics is not None and not isinstance(dataset, dict):
+            return self._evaluate_tiled(dataset, metric_key_prefix)
         if self.segmentation_metrics is not None and not isinstance(dataset, dict):
             # A dict of datasets comes back here once per dataset (Trainer.evaluate recurses).
             self.segmentation_metrics.start(dataset)
@@ -389,6 +454,29 @@ class Mask2FormerTrainer(Trainer):
         # Trainer times the model's preparation when evaluating without training; keep eval_results.json's keys the
         # same for every kind of run.
         metrics.pop(f"{metric_key_prefix}_model_preparation_time", None)
+        return metrics
+
+    def _evaluate_tiled(self, dataset, metric_key_prefix: str) -> dict[str, float]:
+        # Whole images at native resolution have no common size for Trainer's batched loop (nor a loss): each
+        # process predicts its share by tiles, and the evaluator gathers the records of all processes.
+        metrics_of = self.segmentation_metrics
+        metrics_of.start(dataset)
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        start = time.time()
+        threshold = metrics_of.instance_threshold if metrics_of.task == "instance" else 0.0
+        for index in range(self.args.process_index, len(dataset), self.args.world_size):
+            prediction = tiled_prediction(
+                model, dataset, index, self.tile_size, self.tile_overlap, threshold=threshold,
+                batch_size=self.args.per_device_eval_batch_size,
+            )  # fmt: skip
+            metrics_of.add_predictions([index], [prediction])
+        model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics_of.result(sync=True).items()}
+        metrics.update(speed_metrics(metric_key_prefix, start, num_samples=len(dataset)))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
@@ -426,7 +514,6 @@ class Mask2FormerTrainer(Trainer):
 # Overlays
 # --------------------------------------------------------------------------------------------------------------------
 
-
 # The drawing itself lives in `mask2former_dinov3.overlays` (shared with the prediction CLI).
 
 
@@ -455,11 +542,14 @@ def save_prediction_overlays(
     num_images: int = 4,
     instance_threshold: float = 0.5,
     panoptic_threshold: float = 0.5,
+    tile_size: tuple[int, int] | None = None,
+    tile_overlap: int = 0,
 ) -> list[str]:
     """Save `num_images` PNGs of the first images of `dataset`: ground truth (left) beside the prediction (right).
 
     The prediction goes through evaluation's own path: the dataset's preprocessing (the image processor) and
-    `post_process_predictions` (instance scores below `instance_threshold` are not drawn). Both panels show the
+    `post_process_predictions` (instance scores below `instance_threshold` are not drawn), or, with `tile_size`,
+    `tiled_prediction`. Both panels show the
     image the model sees (images that are not 8-bit after the processor's intensity normalisation), enlarged to at
     least `OVERLAY_MIN_SIDE` pixels, one label per object; an empty panel says so. Returns the written paths.
     """
@@ -471,14 +561,17 @@ def save_prediction_overlays(
     collate = SegmentationCollator()
     paths = []
     for index in range(min(num_images, len(dataset))):
-        batch = collate([dataset[index]])
-        outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
         size, truth = dataset.ground_truth(index)
-        prediction = post_process_predictions(
-            dataset.image_processor, outputs.class_queries_logits, outputs.masks_queries_logits, dataset.task, [size],
-            instance_threshold=instance_threshold, panoptic_threshold=panoptic_threshold,
-            label_ids_to_fuse=set(label_map.stuff_ids),
-        )[0]  # fmt: skip
+        if tile_size is not None:
+            prediction = tiled_prediction(model, dataset, index, tile_size, tile_overlap, threshold=instance_threshold)
+        else:
+            batch = collate([dataset[index]])
+            outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+            prediction = post_process_predictions(
+                dataset.image_processor, outputs.class_queries_logits, outputs.masks_queries_logits, dataset.task,
+                [size], instance_threshold=instance_threshold, panoptic_threshold=panoptic_threshold,
+                label_ids_to_fuse=set(label_map.stuff_ids),
+            )[0]  # fmt: skip
         sample = dataset.source[index]
         # What the model sees: an image that is not 8-bit after the processor's intensity normalisation.
         image = image_for_model(sample.image, dataset.image_processor, sample.file_name)
@@ -524,11 +617,13 @@ def write_model_card(
     settings: dict[str, Any],
     dataset_description: str,
     base_model: str | None = None,
+    tiling: tuple[tuple[int, int], int] | None = None,
 ) -> str:
     """Write `README.md` in `output_dir`: what the model is, its labels, the metrics table and the training settings.
 
     `metrics` are the evaluation metrics (keys with or without the `eval_` prefix); `settings` is a flat dict of
-    training settings shown as a table. Returns the path.
+    training settings shown as a table; `tiling` (`((H, W), overlap)`, a model trained on native-resolution crops)
+    adds how to run it by tiles. Returns the path.
     """
     # The usage snippets name the folder as it is shared: by its name (a hub repo takes the same name), never a path.
     folder = os.path.basename(os.path.normpath(output_dir))
@@ -635,10 +730,19 @@ def write_model_card(
         if metrics
         else "- It was not evaluated.",
     ]
+    lines += ["", "## Usage", ""]
+    if tiling is not None:
+        (tile_h, tile_w), overlap = tiling
+        lines += [
+            f"Trained on random {tile_h} x {tile_w} crops at the images' native resolution, and evaluated by tiles: "
+            f"run it the same way, on {tile_h} x {tile_w} windows of the image at its own resolution (overlap "
+            f"{overlap} px), not on whole images resized to {tile_h} x {tile_w}. `mask2former-dinov3-predict "
+            f"{folder} IMAGES... --output_dir OUT` does so by default (it reads `tiling.json`); in Python, "
+            f"`mask2former_dinov3.tiling.predict_tiled(model, processor, image, ({tile_h}, {tile_w}), {overlap})`. "
+            "The snippets below run whole images resized to the processor's size instead.",
+            "",
+        ]
     lines += [
-        "",
-        "## Usage",
-        "",
         f"Run from the folder that contains `{folder}` (or use its hub id). With `trust_remote_code=True` the code saved",
         "beside the weights is used, so the `mask2former-dinov3` package need not be installed:",
         "",
@@ -649,7 +753,8 @@ def write_model_card(
         f'segments = segmenter("image.jpg", subtask="{task}")  # dicts with "label", "score" and a PIL "mask"',
         "```",
         "",
-        "Or with the model and its image processor (the same resizing and normalisation as in training):",
+        "Or with the model and its image processor"
+        + (" (the same resizing and normalisation as in training):" if tiling is None else ":"),
         "",
         "```python",
         "import torch",
@@ -695,6 +800,7 @@ __all__ = [
     "save_json",
     "save_prediction_overlays",
     "segments_to_draw",
+    "tiled_prediction",
     "vit_layer_id",
     "write_model_card",
 ]

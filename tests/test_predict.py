@@ -157,6 +157,14 @@ def test_user_errors_are_one_line_and_exit_2(setup, tmp_path):
     assert bad_flag.returncode == 2 and len(bad_flag.stderr.strip().splitlines()) == 1
 
 
+def test_overlap_without_tiles_is_a_user_error(setup, tmp_path, capsys):
+    code = main([str(setup / "model"), str(setup / "images" / "img0.png"), "--output_dir", str(tmp_path),
+                 "--overlap", "8"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overlap goes with --tile" in err[0]
+
+
 def test_empty_folder_is_reported_and_the_rest_processed(setup, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
