@@ -24,7 +24,8 @@ Bad input is either handled or rejected with a `DataError` naming the file and t
   (as transformers' `convert_to_rgb`); images that are not 8-bit (16-bit, 32-bit, float; a multi-page TIFF's first
   page) are kept as read and mapped to 8 bits by the image processor (`intensity_normalization`, per image
   percentiles by default), so that training, evaluation, inference and the overlays see the same pixels;
-* images of any size are resized to the image processor's size first, so an image smaller than it is upsampled;
+* images of any size are resized to the image processor's size first, so an image smaller than it is upsampled
+  (with `native_crops`, nothing is resized: training cuts random windows of that size at native resolution);
 * an annotation whose polygons all have fewer than 3 points is skipped with a warning naming the file and the
   annotation id (one bad outline should not stop a long run); a polygon part with fewer than 3 points is dropped;
 * a missing image file, a corrupt or truncated JSON, a category id that is not in the label map, an RLE whose size
@@ -49,6 +50,7 @@ from PIL import Image
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, check_input_size
 from .intensity import is_8_bit
+from .tiling import Window
 
 
 logger = logging.getLogger(__name__)
@@ -796,6 +798,29 @@ def resize_sample(sample: Sample, image_processor) -> Sample:
     return replace(sample, image=image, masks=masks)
 
 
+def random_crop_window(image_size: tuple[int, int], crop_size: tuple[int, int], rng: np.random.Generator) -> Window:
+    """A uniformly placed `crop_size` window inside an image of `image_size` `(height, width)`; in a dimension where
+    the image is smaller than the crop, the window is the whole image (the collator then pads it, as the image
+    processor pads)."""
+    (height, width), (crop_h, crop_w) = image_size, crop_size
+    crop_h, crop_w = min(crop_h, height), min(crop_w, width)
+    top = int(rng.integers(0, height - crop_h + 1))
+    left = int(rng.integers(0, width - crop_w + 1))
+    return Window(top, left, top + crop_h, left + crop_w)
+
+
+def crop_sample(sample: Sample, window: Window) -> Sample:
+    """`sample` cut to `window` at its own resolution (no resizing): segments keep their visible part, and segments
+    with no pixel left in the window are dropped (a crop may hold none)."""
+    rows, cols = slice(window.top, window.bottom), slice(window.left, window.right)
+    masks = sample.masks[:, rows, cols]
+    keep = masks.reshape(len(masks), -1).any(axis=1)
+    return replace(
+        sample, image=np.ascontiguousarray(sample.image[rows, cols]), masks=np.ascontiguousarray(masks[keep]),
+        labels=sample.labels[keep], iscrowd=sample.iscrowd[keep], is_instance=sample.is_instance[keep],
+    )  # fmt: skip
+
+
 def pixel_values_of(image: np.ndarray, image_processor) -> torch.Tensor:
     """`(3, H, W)` model input of an already resized `(H, W, 3)` uint8 image: the image processor's own rescaling
     and normalisation (its `__call__` without resizing)."""
@@ -811,7 +836,8 @@ def build_augmentation(
     hflip: bool = True,
     seed: int | None = None,
 ):
-    """The random training augmentation (albumentations), applied after the image processor's resize: large-scale
+    """The random training augmentation (albumentations), applied after the image processor's resize (or, with
+    `SegmentationDataset(native_crops=True)`, to the native-resolution crop): large-scale
     jitter (random scale in [min_scale, max_scale], then pad / random crop back to the processor's size),
     horizontal flip and colour jitter. Masks follow the image with nearest-neighbour interpolation.
     """
@@ -861,6 +887,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
     (images that are not 8-bit only), its `resize` (its filter; masks nearest), then, for training only, the random
     `augmentation`, then the processor's rescaling and normalisation. Without augmentation, `pixel_values` equal `image_processor(images=image)["pixel_values"][0]`.
 
+    With `native_crops`, nothing is resized (as tiled inference, `mask2former_dinov3.tiling`, sees its windows):
+    a training item is a random window of the processor's size cut from the image at its own resolution
+    (`random_crop_window`, `crop_sample`; smaller images whole, padded by the collator), then augmented and
+    normalised as above; an evaluation item is the whole image at its own resolution.
+
     Items: `pixel_values` (`(3, H, W)`), `mask_labels` (`(N, H, W)` float), `class_labels` (`(N,)` long) and, with
     `for_evaluation`, `dataset_index` (the item's index), by which the metrics look up `ground_truth(index)`.
 
@@ -872,6 +903,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             `size={"height": H, "width": W}`.
         augmentation: random augmentation for training (see `build_augmentation`), or None.
         for_evaluation: add `dataset_index` to the items.
+        native_crops: train on random native-resolution windows of the processor's size instead of resized images.
         seed: mixed into the augmentation seed of each DataLoader worker. albumentations keeps its own generator,
             which forked workers would otherwise share (every worker drawing the same augmentations); give each
             process of a distributed run its own value.
@@ -885,6 +917,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         augmentation=None,
         for_evaluation: bool = False,
         seed: int = 0,
+        native_crops: bool = False,
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -895,6 +928,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.augmentation = augmentation
         self.for_evaluation = for_evaluation
         self.seed = seed
+        self.native_crops = native_crops
+        self.crop_rng = np.random.default_rng(seed)
         self._worker_key = None
 
     def __len__(self) -> int:
@@ -902,17 +937,28 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _reseed_in_worker(self) -> None:
         worker = torch.utils.data.get_worker_info()
-        if worker is None or self.augmentation is None:
+        if worker is None or (self.augmentation is None and not self.native_crops):
             return
         # torch gives every worker of every epoch its own seed, derived from the (seeded) main process.
         key = (worker.id, worker.seed)
         if key != self._worker_key:
             self._worker_key = key
-            self.augmentation.set_random_seed(int(np.random.SeedSequence([worker.seed, self.seed]).generate_state(1)[0]))
+            seed = int(np.random.SeedSequence([worker.seed, self.seed]).generate_state(1)[0])
+            if self.augmentation is not None:
+                self.augmentation.set_random_seed(seed)
+            self.crop_rng = np.random.default_rng(seed)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         self._reseed_in_worker()
-        sample = resize_sample(self.source[index], self.image_processor)
+        sample = self.source[index]
+        if self.native_crops:
+            # Intensity normalisation over the whole image, then the window: tiled inference does the same.
+            sample = replace(sample, image=image_for_model(sample.image, self.image_processor, sample.file_name))
+            if not self.for_evaluation:
+                window = random_crop_window(sample.image.shape[:2], processor_size(self.image_processor), self.crop_rng)
+                sample = crop_sample(sample, window)
+        else:
+            sample = resize_sample(sample, self.image_processor)
         if self.augmentation is not None:
             sample = apply_transform(self.augmentation, sample)
         mask_labels, class_labels = training_targets(sample, self.task)
@@ -1068,6 +1114,7 @@ __all__ = [
     "apply_transform",
     "build_augmentation",
     "count_instances",
+    "crop_sample",
     "evaluation_ground_truth",
     "find_roboflow_split",
     "image_for_model",
@@ -1078,6 +1125,7 @@ __all__ = [
     "panoptic_segments",
     "pixel_values_of",
     "processor_size",
+    "random_crop_window",
     "resize_sample",
     "semantic_map",
     "synthetic_label_map",

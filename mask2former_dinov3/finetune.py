@@ -26,7 +26,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config, check_input_size
+from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, Mask2FormerDINOv3Config, check_input_size
 from .data import (
     IGNORE_INDEX,
     CocoSegmentationSource,
@@ -47,6 +47,7 @@ from .data import (
 )
 from .image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
 from .modeling_mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation
+from .tiling import default_overlap, save_tiling
 from .training import (
     MAIN_METRIC,
     Mask2FormerTrainer,
@@ -150,6 +151,15 @@ class DataArguments:
     test_image_dir: str | None = field(default=None, metadata={"help": "Images of the test split."})
     image_height: int = field(default=512, metadata={"help": "Training / inference height (multiple of 32)."})
     image_width: int = field(default=512, metadata={"help": "Training / inference width (multiple of 32)."})
+    crop_to_size: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "H [W] (multiples of 32; one value: square): train on random H x W crops of the images at their "
+            "native resolution instead of resizing them to --image_height x --image_width, and evaluate by H x W "
+            "tiles at native resolution (tiling.json in the output folder makes mask2former-dinov3-predict tile too). "
+            "Replaces --image_height/--image_width; instance and semantic tasks."
+        },
+    )
     do_reduce_labels: bool = field(
         default=False, metadata={"help": "HF format: semantic id 0 is background (ignored), the others shift by -1."}
     )
@@ -378,6 +388,8 @@ def parse_args(argv: list[str] | None = None):
     if unknown:
         raise CommandLineError(f"unknown argument(s): {' '.join(unknown)} (see --help)")
     data_args = DataTrainingArguments.from_parts(*data_parts)
+    if data_args.crop_to_size is not None and (_given(argv, "image_height") or _given(argv, "image_width")):
+        raise CommandLineError("--crop_to_size sets the training size: pass it without --image_height/--image_width.")
     if not _given(argv, "metric_for_best_model") and not _given(argv, "greater_is_better"):
         # Best-model selection on the task's main metric rather than Trainer's default (the loss).
         training_args.metric_for_best_model = MAIN_METRIC[data_args.task]
@@ -817,7 +829,12 @@ def training_settings(trainer, data_args, model_args, bundle, pretrained_note: s
         "gradient checkpointing": bool(getattr(args, "gradient_checkpointing", False)),
         "frozen backbone": model_args.freeze_backbone,
         "augmentation": (
-            f"image processor's resize to {data_args.image_height}x{data_args.image_width}, scale jitter "
+            (
+                f"random {data_args.image_height}x{data_args.image_width} crops at native resolution (no resize), "
+                if data_args.crop_to_size is not None
+                else f"image processor's resize to {data_args.image_height}x{data_args.image_width}, "
+            )
+            + "scale jitter "
             f"{data_args.min_scale}-"
             f"{data_args.max_scale} (pad / random crop), "
             + ("horizontal flip, " if data_args.hflip else "")
@@ -876,6 +893,27 @@ def _check_queries(count: InstanceCount | None, model, model_args: ModelArgument
     )  # fmt: skip
 
 
+def crop_size(data_args: DataTrainingArguments) -> tuple[int, int] | None:
+    """`(H, W)` of `--crop_to_size` (one value: a square), None without it; a `CommandLineError` for a size that
+    is not two positive multiples of 32 or a task tiles cannot evaluate (panoptic)."""
+    values = data_args.crop_to_size
+    if values is None:
+        return None
+    if len(values) not in (1, 2):
+        raise CommandLineError(f"--crop_to_size takes H or H W, got {len(values)} values: {' '.join(map(str, values))}.")
+    height, width = (values[0], values[0]) if len(values) == 1 else values
+    try:
+        check_input_size(height, width, name="--crop_to_size")
+    except ValueError as error:
+        raise CommandLineError(
+            f"--crop_to_size must be positive multiples of {INPUT_SIZE_MULTIPLE} (the model's coarsest stride), got "
+            f"{height}x{width}."
+        ) from error
+    if data_args.task == "panoptic":
+        raise CommandLineError("--crop_to_size supports --task instance and semantic (tiled evaluation), not panoptic.")
+    return int(height), int(width)
+
+
 def prepare(model_args: ModelArguments, data_args: DataTrainingArguments, training_args) -> PreparedRun:
     """Check the arguments, load the data, build the model, image processor and Trainer (nothing is trained yet).
 
@@ -883,6 +921,10 @@ def prepare(model_args: ModelArguments, data_args: DataTrainingArguments, traini
     """
     check_arguments(model_args, data_args)
     _setup_logging(training_args)
+    tile_size = crop_size(data_args)
+    if tile_size is not None:
+        # The crop is the training size: the saved processor's size, the augmentation's and the tiles'.
+        data_args.image_height, data_args.image_width = tile_size
     check_input_size(data_args.image_height, data_args.image_width, name="--image_height/--image_width")
     # Every process inspects the output folder before any process writes to it.
     checkpoint = resolve_checkpoint(training_args)
@@ -913,9 +955,13 @@ def prepare(model_args: ModelArguments, data_args: DataTrainingArguments, traini
             image_processor, min_scale=data_args.min_scale, max_scale=data_args.max_scale,
             color_jitter=data_args.color_jitter, hflip=data_args.hflip, seed=seed,
         )  # fmt: skip
-        train_dataset = SegmentationDataset(bundle.train, data_args.task, image_processor, augmentation, seed=seed)
+        train_dataset = SegmentationDataset(
+            bundle.train, data_args.task, image_processor, augmentation, seed=seed, native_crops=tile_size is not None
+        )
     if bundle.validation is not None:
-        eval_dataset = SegmentationDataset(bundle.validation, data_args.task, image_processor, for_evaluation=True)
+        eval_dataset = SegmentationDataset(
+            bundle.validation, data_args.task, image_processor, for_evaluation=True, native_crops=tile_size is not None
+        )
 
     trainer = Mask2FormerTrainer(
         model=model,
@@ -931,6 +977,8 @@ def prepare(model_args: ModelArguments, data_args: DataTrainingArguments, traini
         layer_decay=training_args.layer_decay,
         instance_threshold=data_args.instance_threshold,
         panoptic_threshold=data_args.panoptic_threshold,
+        tile_size=tile_size,
+        tile_overlap=default_overlap(tile_size) if tile_size is not None else 0,
     )
     return PreparedRun(
         model_args=model_args, data_args=data_args, training_args=training_args, bundle=bundle, trainer=trainer,
@@ -967,15 +1015,20 @@ def execute(prepared: PreparedRun) -> dict[str, float]:
             save_json(os.path.join(output_dir, "eval_results.json"), metrics)
             save_json(os.path.join(output_dir, "all_results.json"), metrics, merge=True)
     if training_args.do_predict and bundle.test is not None:
-        test_dataset = SegmentationDataset(bundle.test, data_args.task, image_processor, for_evaluation=True)
+        test_dataset = SegmentationDataset(
+            bundle.test, data_args.task, image_processor, for_evaluation=True, native_crops=trainer.tile_size is not None
+        )
         test_metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
         trainer.log_metrics("test", test_metrics)
         if trainer.is_world_process_zero():
             save_json(os.path.join(output_dir, "test_results.json"), test_metrics)
             save_json(os.path.join(output_dir, "all_results.json"), test_metrics, merge=True)
 
+    tiling = (trainer.tile_size, trainer.tile_overlap) if trainer.tile_size is not None else None
     if trainer.is_world_process_zero():
         os.makedirs(output_dir, exist_ok=True)
+        if tiling is not None:
+            save_tiling(output_dir, *tiling)
         save_json(
             os.path.join(output_dir, "label_map.json"),
             {"id2label": label_map.id2label, "thing_ids": sorted(label_map.thing_ids), "stuff_ids": label_map.stuff_ids,
@@ -988,7 +1041,8 @@ def execute(prepared: PreparedRun) -> dict[str, float]:
             paths = save_prediction_overlays(
                 trainer.accelerator.unwrap_model(trainer.model), eval_dataset, label_map, overlay_dir,
                 num_images=data_args.num_overlay_images, instance_threshold=data_args.overlay_threshold,
-                panoptic_threshold=data_args.panoptic_threshold,
+                panoptic_threshold=data_args.panoptic_threshold, tile_size=trainer.tile_size,
+                tile_overlap=trainer.tile_overlap,
             )  # fmt: skip
             logger.info("Wrote %d prediction overlays to %s", len(paths), overlay_dir)
         if training_args.do_train:
@@ -1011,6 +1065,7 @@ def execute(prepared: PreparedRun) -> dict[str, float]:
                 settings,
                 bundle.description,
                 base_model=model_args.model_name_or_path or model_args.backbone_name_or_path,
+                tiling=tiling,
             )
     _barrier(training_args)
     return metrics
@@ -1077,6 +1132,7 @@ __all__ = [
     "check_arguments",
     "choose_num_queries",
     "cli",
+    "crop_size",
     "default_argv",
     "execute",
     "load_data",

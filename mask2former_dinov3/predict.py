@@ -5,7 +5,9 @@ Writes into `--output_dir`:
 * `predictions.json`: COCO results, a list of `{"image_id", "category_id", "segmentation" (RLE), "score"}`
   (`--task semantic`: one entry per class present, without score, as COCO stuff results);
 * `images.json`: the COCO `images` entries (`id`, `file_name`, `height`, `width`) of the processed images;
-* `overlays/<name>.png`: the image with coloured masks and one label per object / region;
+* `overlays/<name>.png`: the image with coloured masks and one label per object / region, drawn as training's
+  overlays are (`mask2former_dinov3.overlays.draw_segments`: enlarged to at least 512 px on the short side, an
+  empty prediction said so);
 * `--task semantic`: `semantic/<name>.png`, the label-id map (8-bit, or 16-bit above 255 labels);
 * `--task panoptic`: `panoptic/<name>.png`, segment ids in COCO panoptic's RGB encoding
   (`id = R + 256 G + 256^2 B`), and `panoptic.json`, COCO panoptic results (`{"annotations": [...]}`).
@@ -18,7 +20,8 @@ sorted input order.
 Pre- and post-processing are the model's own image processor's (the same pixels as training and evaluation; images
 that are not 8-bit, e.g. 16-bit TIFF, go through its intensity normalisation, and the overlays show them so); results
 are at each image's original size. `--tile H W --overlap P` runs the model on overlapping windows at native
-resolution instead (see `mask2former_dinov3.tiling`).
+resolution instead (see `mask2former_dinov3.tiling`); a model folder with `tiling.json` (trained with
+`run_instance_seg.py --crop_to_size`) is run by its tiles unless `--tile` says otherwise.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from .intensity import is_8_bit
+from .overlays import draw_segments
+from .tiling import TILING_FILE, default_overlap, load_tiling
 
 
 __all__ = [
@@ -49,7 +54,6 @@ __all__ = [
     "forward_images",
     "load_category_ids",
     "main",
-    "overlay",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -151,34 +155,6 @@ def forward_images(model, image_processor, images, device, dtype, **processor_kw
     return results
 
 
-def _colour(index: int) -> tuple[int, int, int]:
-    # Golden-ratio hue steps: neighbouring ids get distinct colours.
-    hue = (index * 0.618033988749895) % 1.0
-    rgb = Image.new("HSV", (1, 1), (int(hue * 255), 200, 230)).convert("RGB").getpixel((0, 0))
-    return tuple(rgb)
-
-
-def overlay(image: Image.Image, masks: Sequence[np.ndarray], captions: Sequence[str], alpha: float = 0.5) -> Image.Image:
-    """The image with each mask tinted in its own colour and its caption written at the mask's top-left corner."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    out = base.copy()
-    for index, mask in enumerate(masks):
-        mask = np.asarray(mask, dtype=bool)
-        out[mask] = (1 - alpha) * out[mask] + alpha * np.array(_colour(index), dtype=np.float32)
-    result = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(result)
-    font = ImageFont.load_default()
-    for index, (mask, caption) in enumerate(zip(masks, captions)):
-        rows, cols = np.nonzero(np.asarray(mask, dtype=bool))
-        if len(rows) == 0:
-            continue
-        xy = (int(cols.min()), int(rows.min()))
-        box = draw.textbbox(xy, caption, font=font)
-        draw.rectangle(box, fill=_colour(index))
-        draw.text(xy, caption, fill=(0, 0, 0), font=font)
-    return result
-
-
 @dataclass
 class _Item:
     path: Path
@@ -200,8 +176,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"), help="tiled prediction with H x W windows")
-    parser.add_argument("--overlap", type=int, default=128, help="overlap of neighbouring tiles, in pixels")
+    parser.add_argument(
+        "--tile", type=int, nargs=2, metavar=("H", "W"),
+        help="tiled prediction with H x W windows (default: the model folder's tiling.json, written by training with "
+        "--crop_to_size; without one, whole images resized by the processor)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--overlap", type=int,
+        help="overlap of neighbouring tiles, in pixels (default: tiling.json's, else a quarter of the shorter tile side)",
+    )  # fmt: skip
     parser.add_argument("--no_overlays", action="store_true", help="do not write overlay PNGs")
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
@@ -209,15 +192,37 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.tile is not None:
-        if min(args.tile) < 32:
-            raise UsageError(f"--tile sizes must be at least 32, got {args.tile}")
-        if not 0 <= args.overlap < min(args.tile):
-            raise UsageError(f"--overlap must be in [0, {min(args.tile)}), got {args.overlap}")
-        if args.task == "panoptic":
-            raise UsageError("--tile supports --task instance and semantic, not panoptic")
+        _check_tiling(args)
     if args.annotations and not Path(args.annotations).is_file():
         raise UsageError(f"--annotations {args.annotations}: no such file")
     return args
+
+
+def _check_tiling(args: argparse.Namespace) -> None:
+    if args.overlap is None:
+        args.overlap = default_overlap(args.tile)
+    if min(args.tile) < 32:
+        raise UsageError(f"--tile sizes must be at least 32, got {args.tile}")
+    if not 0 <= args.overlap < min(args.tile):
+        raise UsageError(f"--overlap must be in [0, {min(args.tile)}), got {args.overlap}")
+    if args.task == "panoptic":
+        raise UsageError("--tile supports --task instance and semantic, not panoptic")
+
+
+def _default_tiling(args: argparse.Namespace) -> None:
+    """Without `--tile`, the tiles of a model trained on native-resolution crops (its folder's `tiling.json`)."""
+    if args.tile is not None or not Path(args.model).is_dir():
+        return
+    saved = load_tiling(args.model)
+    if saved is None:
+        return
+    if args.task == "panoptic":
+        raise UsageError(
+            f"{args.model} was trained on native-resolution crops ({TILING_FILE}): it is run by tiles, which support "
+            f"--task instance and semantic, not panoptic"
+        )
+    args.tile, args.overlap = list(saved[0]), (saved[1] if args.overlap is None else args.overlap)
+    _check_tiling(args)
 
 
 def _load(model_name: str, device: str, dtype: torch.dtype):
@@ -310,9 +315,14 @@ class _Writer:
     def category(self, label: int) -> int:
         return self.category_ids.get(label, label) if self.category_ids else label
 
-    def caption(self, label: int, score: float | None = None) -> str:
-        name = self.names.get(label, str(label))
-        return name if score is None else f"{name} {score:.2f}"
+    def overlay(self, item: _Item, image: Image.Image, masks, labels, scores) -> None:
+        """Write `overlays/<name>.png` with training's own drawing (`overlays.draw_segments`): one label per object,
+        small images enlarged, an empty prediction said so."""
+        empty = "no prediction"
+        if self.args.task != "semantic":
+            empty += f" above threshold {self.args.threshold:g}"
+        drawn = draw_segments(np.asarray(image.convert("RGB")), masks, labels, self.names, scores, empty_text=empty)
+        drawn.save(self.out / "overlays" / f"{item.name}.png")
 
     def image(self, item: _Item, image: Image.Image) -> None:
         self.images.append(
@@ -330,14 +340,10 @@ class _Writer:
                 }
             )
         if not self.args.no_overlays:
-            from .training import distinct_segments
-
             threshold = max(self.args.threshold, 1e-9)
             above = [instance for instance in instances if instance[2] >= threshold]
-            # Several queries (or, at a low threshold, one query per class) on one object: label it once.
-            keep = distinct_segments([m for m, _, _ in above], [s for _, _, s in above])
-            shown = [(above[k][0], self.caption(above[k][1], above[k][2])) for k in keep]
-            overlay(image, [m for m, _ in shown], [c for _, c in shown]).save(self.out / "overlays" / f"{item.name}.png")
+            masks, labels, scores = ([instance[k] for instance in above] for k in range(3))
+            self.overlay(item, image, masks, labels, scores)
 
     def semantic(self, item, image, label_map: np.ndarray) -> None:
         labels = [int(v) for v in np.unique(label_map)]
@@ -349,7 +355,7 @@ class _Writer:
         dtype = np.uint8 if max(self.names, default=0) < 256 else np.uint16
         Image.fromarray(label_map.astype(dtype)).save(self.out / "semantic" / f"{item.name}.png")
         if not self.args.no_overlays:
-            overlay(image, masks, [self.caption(v) for v in labels]).save(self.out / "overlays" / f"{item.name}.png")
+            self.overlay(item, image, masks, labels, None)
 
     def panoptic_result(self, item, image, segmentation: np.ndarray, segments: list[dict]) -> None:
         # Upstream numbers segments from 1 and marks "no segment" 0 (or -1 when nothing is kept); COCO uses 0.
@@ -357,7 +363,7 @@ class _Writer:
         rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
         Image.fromarray(rgb).save(self.out / "panoptic" / f"{item.name}.png")
         infos = []
-        masks, captions = [], []
+        masks, labels, scores = [], [], []
         for seg in segments:
             mask = segmentation == seg["id"]
             label = int(seg["label_id"])
@@ -371,10 +377,11 @@ class _Writer:
                 }
             )
             masks.append(mask)
-            captions.append(self.caption(label, float(seg["score"])))
+            labels.append(label)
+            scores.append(float(seg["score"]))
         self.panoptic.append({"image_id": item.image_id, "file_name": f"{item.name}.png", "segments_info": infos})
         if not self.args.no_overlays:
-            overlay(image, masks, captions).save(self.out / "overlays" / f"{item.name}.png")
+            self.overlay(item, image, masks, labels, scores)
 
     def close(self) -> None:
         (self.out / "predictions.json").write_text(json.dumps(self.predictions))
@@ -411,6 +418,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    _default_tiling(args)
+    if args.tile is None and args.overlap is not None:
+        raise UsageError(f"--overlap goes with --tile (or a model folder with {TILING_FILE})")
     paths = collect_inputs(args.inputs)
     model, processor = _load(args.model, args.device, dtype)
     items = _items(paths, args.annotations)

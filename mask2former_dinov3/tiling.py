@@ -26,7 +26,9 @@ original image's coordinates:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,14 +38,46 @@ from transformers.image_utils import SizeDict
 
 
 __all__ = [
+    "TILING_FILE",
     "Instance",
     "TileInstance",
     "Window",
     "average_tile_scores",
+    "default_overlap",
+    "load_tiling",
     "merge_tile_instances",
     "predict_tiled",
+    "save_tiling",
     "tile_windows",
 ]
+
+
+# Written beside a model trained on native-resolution crops (`run_instance_seg.py --crop_to_size`): the tiles it
+# is meant to be run with, which `mask2former-dinov3-predict` uses when `--tile` is not given.
+TILING_FILE = "tiling.json"
+
+
+def default_overlap(tile_size: tuple[int, int]) -> int:
+    """The overlap used with `tile_size` unless one is chosen: a quarter of the shorter side (128 for 512 px tiles)."""
+    return min(int(tile_size[0]), int(tile_size[1])) // 4
+
+
+def save_tiling(folder: str, tile_size: tuple[int, int], overlap: int) -> str:
+    """Write `TILING_FILE` (`{"tile_size": [H, W], "overlap": P}`) into a model folder; returns its path."""
+    path = os.path.join(folder, TILING_FILE)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"tile_size": [int(tile_size[0]), int(tile_size[1])], "overlap": int(overlap)}, handle, indent=2)
+    return path
+
+
+def load_tiling(folder: str) -> tuple[tuple[int, int], int] | None:
+    """`((H, W), overlap)` from a model folder's `TILING_FILE`, or None when it has none (a resize-trained model)."""
+    path = os.path.join(str(folder), TILING_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    return (int(data["tile_size"][0]), int(data["tile_size"][1])), int(data["overlap"])
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@
   public hooks: `prediction_step` returns only the class and mask logits and, as labels, the dataset indices of the
   batch; Trainer gathers them from every process (dropping the images the distributed sampler repeated) and the
   metrics look the ground truth up in the evaluated dataset, each image once, so every process gets the numbers of
-  a single-process evaluation.
-* `write_model_card`, `save_prediction_overlays` (with `draw_segments`, `distinct_segments`).
+  a single-process evaluation. With `tile_size` (training on native-resolution crops) it evaluates by tiles
+  instead (`tiled_prediction`, the same tiles as `mask2former-dinov3-predict --tile`), with the same metrics.
+* `write_model_card`, `save_prediction_overlays` (drawn by `mask2former_dinov3.overlays.draw_segments`).
 """
 
 from __future__ import annotations
@@ -21,15 +22,17 @@ import logging
 import math
 import os
 import re
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import speed_metrics
 
 from .data import IGNORE_INDEX, LabelMap, SegmentationCollator, SegmentationDataset, image_for_model
 from .metrics import (
@@ -38,6 +41,9 @@ from .metrics import (
     SemanticSegmentationEvaluator,
     instance_prediction_from_post_processed,
 )
+# Re-exported: the drawing helpers were defined here before the prediction CLI shared them.
+from .overlays import OVERLAY_MIN_SIDE, _font, _palette, distinct_segments, draw_segments  # noqa: F401
+from .tiling import predict_tiled
 
 
 logger = logging.getLogger(__name__)
@@ -175,6 +181,39 @@ def post_process_predictions(
     ]
 
 
+@torch.no_grad()
+def tiled_prediction(
+    model: nn.Module,
+    dataset: SegmentationDataset,
+    index: int,
+    tile_size: tuple[int, int],
+    overlap: int,
+    threshold: float = 0.0,
+    batch_size: int = 4,
+) -> Any:
+    """Prediction of image `index` of `dataset` at its native resolution by tiles (`tiling.predict_tiled`, as
+    `mask2former-dinov3-predict --tile` runs it), in the format of the task's evaluator (instance or semantic).
+
+    The image is the one the model sees (`image_for_model`: the processor's intensity normalisation for images that
+    are not 8-bit); each window gets the processor's rescaling and normalisation without resizing.
+    """
+    sample = dataset.source[index]
+    image = Image.fromarray(image_for_model(sample.image, dataset.image_processor, sample.file_name))
+    parameter = next(model.parameters())
+    result = predict_tiled(
+        model, dataset.image_processor, image, tile_size, overlap, task=dataset.task, threshold=threshold,
+        batch_size=batch_size, device=parameter.device, dtype=parameter.dtype,
+    )  # fmt: skip
+    if dataset.task == "semantic":
+        return result.cpu().numpy()
+    masks = np.stack([i.mask for i in result]) if result else np.zeros((0, image.height, image.width), bool)
+    return {
+        "masks": masks,
+        "labels": np.array([i.label for i in result], dtype=np.int64),
+        "scores": np.array([i.score for i in result], dtype=np.float64),
+    }
+
+
 class SegmentationMetrics:
     """Trainer's `compute_metrics` for segmentation, with `batch_eval_metrics=True`.
 
@@ -241,14 +280,26 @@ class SegmentationMetrics:
         self.evaluator = self.make_evaluator()
         self.seen = set()
 
-    def update(self, class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor, indices) -> None:
-        """Add one batch: its logits and the dataset indices of its images (repeated images are skipped)."""
+    def _unseen(self, indices) -> tuple[list[int], list[int]]:
+        # Positions and indices of the images not added yet (the distributed sampler repeats some), marked seen.
         indices = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
         keep = []
         for position, index in enumerate(indices):
             if index not in self.seen:
                 self.seen.add(index)
                 keep.append(position)
+        return keep, indices
+
+    def add_predictions(self, indices: Sequence[int], predictions: Sequence[Any]) -> None:
+        """Add images by dataset index with predictions already in the evaluator's format (e.g. tiled ones)."""
+        keep, indices = self._unseen(indices)
+        if keep:
+            truths = [self.dataset.ground_truth(indices[k])[1] for k in keep]
+            self.evaluator.update(truths, [predictions[k] for k in keep], image_ids=[indices[k] for k in keep])
+
+    def update(self, class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor, indices) -> None:
+        """Add one batch: its logits and the dataset indices of its images (repeated images are skipped)."""
+        keep, indices = self._unseen(indices)
         if not keep:
             return
         truths = [self.dataset.ground_truth(indices[k]) for k in keep]
@@ -281,7 +332,12 @@ class SegmentationMetrics:
         if not compute_result:
             return None
         # Every process already holds every gathered batch: no further synchronisation.
-        metrics = self.evaluator.compute(sync=False)
+        return self.result(sync=False)
+
+    def result(self, sync: bool) -> dict[str, float]:
+        """The flattened metrics of the images added since `start`, with `num_images`; with `sync`, over the images
+        of every process (a collective call when torch.distributed is initialised)."""
+        metrics = self.evaluator.compute(sync=sync)
         num_images = int(metrics.pop("num_images"))
         flat = flatten_metrics(metrics)
         flat["num_images"] = float(num_images)
@@ -306,6 +362,9 @@ class Mask2FormerTrainer(Trainer):
         instance_threshold: score threshold of `post_process_instance_segmentation` for mAP (default 0: keep every
             query, as COCO AP expects ranked detections).
         panoptic_threshold: `threshold` of `post_process_panoptic_segmentation`.
+        tile_size, tile_overlap: evaluate by tiles instead (a model trained on native-resolution crops): each image
+            is predicted at its own resolution with `tiled_prediction` (windows of `tile_size`, `tile_overlap`
+            pixels apart at least), each process taking its share of the images; the metrics are the same code.
 
     Evaluation datasets must be `SegmentationDataset(for_evaluation=True)`: their batches carry `dataset_index`,
     which `prediction_step` returns as labels. Unless `compute_metrics` is given, the metrics are a
@@ -322,10 +381,16 @@ class Mask2FormerTrainer(Trainer):
         layer_decay: float | None = None,
         instance_threshold: float = 0.0,
         panoptic_threshold: float = 0.5,
+        tile_size: tuple[int, int] | None = None,
+        tile_overlap: int = 0,
         **kwargs,
     ):
         if task not in MAIN_METRIC:
             raise ValueError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
+        if tile_size is not None and task == "panoptic":
+            raise ValueError("tiled evaluation supports the instance and semantic tasks, not panoptic")
+        self.tile_size = None if tile_size is None else (int(tile_size[0]), int(tile_size[1]))
+        self.tile_overlap = int(tile_overlap)
         self.segmentation_metrics = None
         if kwargs.get("compute_metrics") is None and label_map is not None and image_processor is not None:
             self.segmentation_metrics = SegmentationMetrics(
@@ -382,6 +447,8 @@ class Mask2FormerTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Trainer's `evaluate`, with the segmentation metrics started on the dataset it evaluates."""
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if self.tile_size is not None and self.segmentation_metrics is not None and not isinstance(dataset, dict):
+            return self._evaluate_tiled(dataset, metric_key_prefix)
         if self.segmentation_metrics is not None and not isinstance(dataset, dict):
             # A dict of datasets comes back here once per dataset (Trainer.evaluate recurses).
             self.segmentation_metrics.start(dataset)
@@ -389,6 +456,29 @@ class Mask2FormerTrainer(Trainer):
         # Trainer times the model's preparation when evaluating without training; keep eval_results.json's keys the
         # same for every kind of run.
         metrics.pop(f"{metric_key_prefix}_model_preparation_time", None)
+        return metrics
+
+    def _evaluate_tiled(self, dataset, metric_key_prefix: str) -> dict[str, float]:
+        # Whole images at native resolution have no common size for Trainer's batched loop (nor a loss): each
+        # process predicts its share by tiles, and the evaluator gathers the records of all processes.
+        metrics_of = self.segmentation_metrics
+        metrics_of.start(dataset)
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        start = time.time()
+        threshold = metrics_of.instance_threshold if metrics_of.task == "instance" else 0.0
+        for index in range(self.args.process_index, len(dataset), self.args.world_size):
+            prediction = tiled_prediction(
+                model, dataset, index, self.tile_size, self.tile_overlap, threshold=threshold,
+                batch_size=self.args.per_device_eval_batch_size,
+            )  # fmt: skip
+            metrics_of.add_predictions([index], [prediction])
+        model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics_of.result(sync=True).items()}
+        metrics.update(speed_metrics(metric_key_prefix, start, num_samples=len(dataset)))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
@@ -426,117 +516,7 @@ class Mask2FormerTrainer(Trainer):
 # Overlays
 # --------------------------------------------------------------------------------------------------------------------
 
-
-def _palette(n: int) -> np.ndarray:
-    # Evenly spread hues, fixed order: the same class gets the same colour in every image.
-    colours = []
-    for i in range(max(n, 1)):
-        hue = (i * 0.618033988749895) % 1.0
-        h6 = hue * 6
-        x = 1 - abs(h6 % 2 - 1)
-        rgb = [(1, x, 0), (x, 1, 0), (0, 1, x), (0, x, 1), (x, 0, 1), (1, 0, x)][int(h6) % 6]
-        colours.append([int(200 * c + 40) for c in rgb])
-    return np.array(colours, np.uint8)
-
-
-OVERLAY_MIN_SIDE = 512
-
-
-def distinct_segments(
-    masks: Sequence[np.ndarray], scores: Sequence[float] | None, iou_threshold: float = 0.5
-) -> list[int]:
-    """Indices of the segments worth one label each, best score first.
-
-    Early in training several queries find the same object with different class hypotheses, and with a low threshold
-    upstream's instance post-processing returns one query once per class (it ranks (query, class) pairs): one object
-    then carries 4-5 stacked labels. Of segments whose masks overlap with IoU >= `iou_threshold`, only the
-    highest-scoring is kept. Without scores (ground truth) every non-empty segment is kept.
-    """
-    masks = [np.asarray(m, dtype=bool) for m in masks]
-    order = [i for i, mask in enumerate(masks) if mask.any()]
-    if scores is None or not order:
-        return order
-    # IoU of every pair at most 256 px on a side: one matrix product, fast even for 100 full-size masks.
-    stride = max(1, max(masks[0].shape) // 256)
-    flat = np.stack([mask[::stride, ::stride].ravel() for mask in masks]).astype(np.float32)
-    intersection = flat @ flat.T
-    area = np.diag(intersection)
-    iou = intersection / np.maximum(area[:, None] + area[None, :] - intersection, 1.0)
-    order.sort(key=lambda i: -float(scores[i]))
-    kept: list[int] = []
-    for i in order:
-        if all(iou[i, k] < iou_threshold for k in kept):
-            kept.append(i)
-    return kept
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only its small bitmap font
-        return ImageFont.load_default()
-
-
-def draw_segments(
-    image: np.ndarray, masks: Sequence[np.ndarray], labels: Sequence[int], names: dict[int, str],
-    scores: Sequence[float] | None = None, alpha: float = 0.5, min_side: int = OVERLAY_MIN_SIDE,
-    empty_text: str | None = None,
-) -> Image.Image:
-    """`image` with each segment filled in its class colour (with a darker outline) and one label (class name and
-    score) on a box of that colour.
-
-    Where masks overlap heavily only the best-scoring segment is drawn (`distinct_segments`). The overlay is enlarged
-    so that its short side is at least `min_side` (image bilinear, masks nearest), which keeps labels readable on
-    small images. Without any segment to draw and with `empty_text`, the image is dimmed to grey and the text says
-    so, so that an empty prediction cannot be mistaken for a segmentation.
-    """
-    height, width = image.shape[:2]
-    scale = max(1.0, min_side / max(1, min(height, width)))
-    size = (round(width * scale), round(height * scale))
-    base = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-    canvas = np.asarray(base.resize(size, Image.BILINEAR) if scale > 1 else base, dtype=np.float32).copy()
-    palette = _palette(len(names))
-    keep = distinct_segments(masks, scores)
-    font = _font(max(12, round(min(size) / 32)))
-    if not keep and empty_text:
-        grey = canvas.mean(axis=-1, keepdims=True) * 0.35 + 40
-        result = Image.fromarray(np.repeat(grey, 3, axis=-1).clip(0, 255).astype(np.uint8))
-        draw = ImageDraw.Draw(result)
-        box = draw.textbbox((0, 0), empty_text, font=font)
-        xy = ((size[0] - box[2]) // 2, (size[1] - box[3]) // 2)
-        box = draw.textbbox(xy, empty_text, font=font)
-        draw.rectangle((box[0] - 4, box[1] - 4, box[2] + 4, box[3] + 4), fill=(255, 255, 255))
-        draw.text(xy, empty_text, fill=(0, 0, 0), font=font)
-        return result
-    resized = []
-    outline = np.zeros(canvas.shape[:2], bool)
-    for k in keep:
-        mask = Image.fromarray(np.asarray(masks[k]).astype(np.uint8) * 255)
-        mask = np.asarray(mask.resize(size, Image.NEAREST) if scale > 1 else mask) > 0
-        resized.append(mask)
-        canvas[mask] = (1 - alpha) * canvas[mask] + alpha * palette[int(labels[k]) % len(palette)]
-        outline |= mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
-    canvas[outline] = 0.4 * canvas[outline]
-    result = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(result)
-    placed: list[tuple[int, int, int, int]] = []
-    for k, mask in zip(keep, resized):
-        ys, xs = np.nonzero(mask)
-        text = names.get(int(labels[k]), str(labels[k])) + (f" {float(scores[k]):.2f}" if scores is not None else "")
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        x = min(int(xs.min()), size[0] - (right - left) - 2)
-        y = int(ys.min())
-        # Neighbouring objects' labels would overprint each other: move down below a label already there.
-        for other in placed:
-            if x < other[2] and other[0] < x + right and y < other[3] and other[1] < y + bottom:
-                y = other[3] + 1
-        y = min(y, size[1] - bottom - 2)
-        box = draw.textbbox((x, y), text, font=font)
-        box = (box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2)
-        draw.rectangle(box, fill=tuple(int(c) for c in palette[int(labels[k]) % len(palette)]))
-        draw.text((x, y), text, fill=(0, 0, 0), font=font)
-        placed.append(box)
-    return result
+# The drawing itself lives in `mask2former_dinov3.overlays` (shared with the prediction CLI).
 
 
 def segments_to_draw(item: Any, task: str) -> tuple[list[np.ndarray], list[int], list[float] | None]:
@@ -564,11 +544,14 @@ def save_prediction_overlays(
     num_images: int = 4,
     instance_threshold: float = 0.5,
     panoptic_threshold: float = 0.5,
+    tile_size: tuple[int, int] | None = None,
+    tile_overlap: int = 0,
 ) -> list[str]:
     """Save `num_images` PNGs of the first images of `dataset`: ground truth (left) beside the prediction (right).
 
     The prediction goes through evaluation's own path: the dataset's preprocessing (the image processor) and
-    `post_process_predictions` (instance scores below `instance_threshold` are not drawn). Both panels show the
+    `post_process_predictions` (instance scores below `instance_threshold` are not drawn), or, with `tile_size`,
+    `tiled_prediction`. Both panels show the
     image the model sees (images that are not 8-bit after the processor's intensity normalisation), enlarged to at
     least `OVERLAY_MIN_SIDE` pixels, one label per object; an empty panel says so. Returns the written paths.
     """
@@ -580,14 +563,17 @@ def save_prediction_overlays(
     collate = SegmentationCollator()
     paths = []
     for index in range(min(num_images, len(dataset))):
-        batch = collate([dataset[index]])
-        outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
         size, truth = dataset.ground_truth(index)
-        prediction = post_process_predictions(
-            dataset.image_processor, outputs.class_queries_logits, outputs.masks_queries_logits, dataset.task, [size],
-            instance_threshold=instance_threshold, panoptic_threshold=panoptic_threshold,
-            label_ids_to_fuse=set(label_map.stuff_ids),
-        )[0]  # fmt: skip
+        if tile_size is not None:
+            prediction = tiled_prediction(model, dataset, index, tile_size, tile_overlap, threshold=instance_threshold)
+        else:
+            batch = collate([dataset[index]])
+            outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+            prediction = post_process_predictions(
+                dataset.image_processor, outputs.class_queries_logits, outputs.masks_queries_logits, dataset.task,
+                [size], instance_threshold=instance_threshold, panoptic_threshold=panoptic_threshold,
+                label_ids_to_fuse=set(label_map.stuff_ids),
+            )[0]  # fmt: skip
         sample = dataset.source[index]
         # What the model sees: an image that is not 8-bit after the processor's intensity normalisation.
         image = image_for_model(sample.image, dataset.image_processor, sample.file_name)
@@ -633,11 +619,13 @@ def write_model_card(
     settings: dict[str, Any],
     dataset_description: str,
     base_model: str | None = None,
+    tiling: tuple[tuple[int, int], int] | None = None,
 ) -> str:
     """Write `README.md` in `output_dir`: what the model is, its labels, the metrics table and the training settings.
 
     `metrics` are the evaluation metrics (keys with or without the `eval_` prefix); `settings` is a flat dict of
-    training settings shown as a table. Returns the path.
+    training settings shown as a table; `tiling` (`((H, W), overlap)`, a model trained on native-resolution crops)
+    adds how to run it by tiles. Returns the path.
     """
     # The usage snippets name the folder as it is shared: by its name (a hub repo takes the same name), never a path.
     folder = os.path.basename(os.path.normpath(output_dir))
@@ -744,10 +732,19 @@ def write_model_card(
         if metrics
         else "- It was not evaluated.",
     ]
+    lines += ["", "## Usage", ""]
+    if tiling is not None:
+        (tile_h, tile_w), overlap = tiling
+        lines += [
+            f"Trained on random {tile_h} x {tile_w} crops at the images' native resolution, and evaluated by tiles: "
+            f"run it the same way, on {tile_h} x {tile_w} windows of the image at its own resolution (overlap "
+            f"{overlap} px), not on whole images resized to {tile_h} x {tile_w}. `mask2former-dinov3-predict "
+            f"{folder} IMAGES... --output_dir OUT` does so by default (it reads `tiling.json`); in Python, "
+            f"`mask2former_dinov3.tiling.predict_tiled(model, processor, image, ({tile_h}, {tile_w}), {overlap})`. "
+            "The snippets below run whole images resized to the processor's size instead.",
+            "",
+        ]
     lines += [
-        "",
-        "## Usage",
-        "",
         f"Run from the folder that contains `{folder}` (or use its hub id). With `trust_remote_code=True` the code saved",
         "beside the weights is used, so the `mask2former-dinov3` package need not be installed:",
         "",
@@ -758,7 +755,8 @@ def write_model_card(
         f'segments = segmenter("image.jpg", subtask="{task}")  # dicts with "label", "score" and a PIL "mask"',
         "```",
         "",
-        "Or with the model and its image processor (the same resizing and normalisation as in training):",
+        "Or with the model and its image processor"
+        + (" (the same resizing and normalisation as in training):" if tiling is None else ":"),
         "",
         "```python",
         "import torch",
@@ -804,6 +802,7 @@ __all__ = [
     "save_json",
     "save_prediction_overlays",
     "segments_to_draw",
+    "tiled_prediction",
     "vit_layer_id",
     "write_model_card",
 ]

@@ -255,6 +255,7 @@ def test_fine_tuning_on_16_bit_coco_trains_evaluates_and_draws_the_structures(tm
 @pytest.mark.parametrize("tiled", [False, True])
 def test_predict_cli_normalises_16_bit_files_and_overlays_show_it(tmp_path, tiled):
     from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation
+    from mask2former_dinov3.overlays import draw_segments
     from mask2former_dinov3.predict import main
     from tiny_configs import tiny_config
 
@@ -265,12 +266,13 @@ def test_predict_cli_normalises_16_bit_files_and_overlays_show_it(tmp_path, tile
     raw, _ = blob_image(128, 160)
     _pil_16(raw).save(tmp_path / "cells.png")
     tile = ["--tile", "64", "64", "--overlap", "16"] if tiled else []
-    # Threshold 1: no mask is drawn, so the overlay is the image the model saw.
+    # Threshold 1: no mask is drawn, so the overlay is the image the model saw (greyed, as empty panels are).
     assert main([str(tmp_path / "m"), str(tmp_path / "cells.png"), "--output_dir", str(tmp_path / "out"),
                  "--threshold", "1", *tile]) == 0  # fmt: skip
     shown = np.asarray(Image.open(tmp_path / "out" / "overlays" / "cells.png").convert("RGB"))
     expected = processor.normalize_intensity(_pil_16(raw))
-    assert np.array_equal(shown, expected)
-    assert shown.std() > 40  # the cells, not a flat grey (fixed scaling) or white (PIL's clipping) image
+    empty_text = "no prediction above threshold 1"
+    assert np.array_equal(shown, np.asarray(draw_segments(expected, [], [], {0: "cell"}, [], empty_text=empty_text)))
+    assert expected.std() > 40  # the cells, not a flat grey (fixed scaling) or white (PIL's clipping) image
     images = json.loads((tmp_path / "out" / "images.json").read_text())
     assert (images[0]["height"], images[0]["width"]) == (128, 160)

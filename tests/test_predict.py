@@ -74,7 +74,8 @@ def test_cli_writes_coco_results_pycocotools_accepts(setup, tmp_path):
         assert all(p["segmentation"]["size"] == [h, w] for p in mine)
     assert {p["category_id"] for p in predictions} <= set(CATEGORY_IDS)
     assert sorted((out / "overlays").iterdir()) == [out / "overlays" / f"img{i}.png" for i in range(3)]
-    assert Image.open(out / "overlays" / "img2.png").size == (40, 90)
+    # Drawn as training's overlays: a small image is enlarged so that its short side is 512 px.
+    assert Image.open(out / "overlays" / "img2.png").size == (512, round(90 * 512 / 40))
 
 
 def test_ids_without_annotations_are_sorted_input_order(setup, tmp_path):
@@ -110,12 +111,58 @@ def test_tiled_cli(setup, tmp_path):
     assert predictions and all(p["segmentation"]["size"] == [130, 150] for p in predictions)
 
 
+def test_overlays_are_drawn_as_training_draws_them(setup, tmp_path):
+    """The CLI's overlays come from training's `draw_segments`: a 128 px image gives a 512 px overlay, and an empty
+    prediction is a greyed panel that says so, not the plain image."""
+    from mask2former_dinov3.overlays import draw_segments
+
+    image = np.random.default_rng(5).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "small.png")
+    names = {0: "a", 1: "b", 2: "c"}
+    # Threshold 1: no query scores that high, so the prediction drawn is empty.
+    assert main([str(setup / "model"), str(tmp_path / "small.png"), "--output_dir", str(tmp_path / "empty"),
+                 "--threshold", "1"]) == 0  # fmt: skip
+    empty = np.asarray(Image.open(tmp_path / "empty" / "overlays" / "small.png").convert("RGB"))
+    assert empty.shape == (512, 512, 3)
+    expected = np.asarray(draw_segments(image, [], [], names, [], empty_text="no prediction above threshold 1"))
+    np.testing.assert_array_equal(empty, expected)
+    plain = np.asarray(draw_segments(image, [], [], names))  # the image enlarged, nothing written on it
+    text_box = (empty == 255).all(axis=-1)
+    assert text_box.sum() > 500 and (empty[text_box] != plain[text_box]).any()
+    assert (empty[..., 0] == empty[..., 1]).all() and (plain[..., 0] != plain[..., 1]).any()  # greyed out
+
+    # With predictions: the same size, coloured segments, and the same pixels as training's drawing of them.
+    assert main([str(setup / "model"), str(tmp_path / "small.png"), "--output_dir", str(tmp_path / "full"),
+                 "--threshold", "0.01"]) == 0  # fmt: skip
+    drawn = np.asarray(Image.open(tmp_path / "full" / "overlays" / "small.png").convert("RGB"))
+    assert drawn.shape == (512, 512, 3) and not np.array_equal(drawn, plain)
+    predictions = json.loads((tmp_path / "full" / "predictions.json").read_text())
+    assert predictions
+    from pycocotools import mask as mask_utils
+
+    label_of = {category: label for label, category in ((0, 7), (1, 9), (2, 11))}
+    masks = [mask_utils.decode(p["segmentation"]).astype(bool) for p in predictions]
+    labels = [label_of[p["category_id"]] for p in predictions]
+    scores = [p["score"] for p in predictions]
+    reference = np.asarray(draw_segments(image, masks, labels, names, scores))
+    # Scores are rounded to 6 decimals in predictions.json: the captions (2 decimals) and the drawing agree.
+    np.testing.assert_array_equal(drawn, reference)
+
+
 def test_user_errors_are_one_line_and_exit_2(setup, tmp_path):
     missing = _cli(tmp_path / "no-such-model", setup / "images", "--output_dir", tmp_path / "o")
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1 and "no-such-model" in missing.stderr
     bad_flag = _cli(setup / "model", setup / "images", "--output_dir", tmp_path / "o", "--dtype", "fp8")
     assert bad_flag.returncode == 2 and len(bad_flag.stderr.strip().splitlines()) == 1
+
+
+def test_overlap_without_tiles_is_a_user_error(setup, tmp_path, capsys):
+    code = main([str(setup / "model"), str(setup / "images" / "img0.png"), "--output_dir", str(tmp_path),
+                 "--overlap", "8"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overlap goes with --tile" in err[0]
 
 
 def test_empty_folder_is_reported_and_the_rest_processed(setup, tmp_path, capsys):
