@@ -1,13 +1,30 @@
 """ONNX export: `mask2former-dinov3-export --format onnx MODEL_DIR OUT.onnx [--height 512 --width 512]`.
 
-The file takes `pixel_values` (batch, 3, height, width) and returns `class_queries_logits` (batch, Q, L+1) and
-`masks_queries_logits` (batch, Q, height/4, width/4). The batch is dynamic; height and width are fixed at export
-(`--height`, `--width`, multiples of 32): Mask2Former's pixel decoder turns its feature-map sizes into Python
-integers (spatial shapes, level offsets), which both of torch's exporters record as constants, so a file exported at
-one size gives wrong results at another. Export one file per input size.
+One file for every input size: it takes `pixel_values` (batch, 3, height, width) with a dynamic batch and a dynamic
+height and width (any multiples of 32), and returns `class_queries_logits` (batch, Q, L+1) and `masks_queries_logits`
+(batch, Q, height/4, width/4). `--height`/`--width` only set the example input the exporter traces (multiples of 32,
+at least 64: torch.export specialises a size of 1 at the coarsest level).
+
+The exporter is torch's dynamo-based one (`torch.onnx.export(..., dynamo=True)` with `torch.export.Dim` sizes that
+are multiples of 32), opset 18 or later (its conversion to opset 17 gives a graph onnxruntime rejects). Mask2Former's
+pixel decoder turns feature-map sizes into Python integers; torch.export keeps them symbolic except at two calls,
+which would fix the example's size into the graph:
+
+* `Mask2FormerPixelDecoderEncoderOnly.get_reference_points` calls `torch.linspace(0.5, h - 0.5, h)`, whose `steps`
+  is a plain `int` in the operator's schema: the reference points (one per feature-map pixel) became constants of the
+  example's length, and onnxruntime failed on another size ("Attempting to broadcast an axis by a dimension other
+  than 1", or wrong masks when the pixel count happened to match, e.g. 64x96 vs 96x64). `_ExportPixelDecoderEncoder`
+  overrides that one static method with `torch.arange(h) + 0.5`, the same values (exact in float).
+* `Mask2FormerPixelDecoder.forward` builds `torch.as_tensor(spatial_shapes_list)` (only for `level_start_index`,
+  which the deformable attention does not read). torch.export redirects `torch.tensor` of symbolic sizes to a
+  symbolic implementation but not `torch.as_tensor`, which specialises height and width (the exported program then
+  asserts the example's size). `_SymbolicAsTensor` turns that `as_tensor` into `torch.tensor` while exporting.
+
+The DINOv3 ViT's RoPE, the adapter and the rest of Mask2Former stay symbolic as they are.
 
 The model is exported with its upstream Mask2Former units (`use_upstream_units` on a copy: same weights, same
-outputs): the faster units' `embedding_bag` gather and custom autograd function do not export.
+outputs): upstream's deformable attention is `grid_sample` (ONNX GridSample); the fast units' `embedding_bag` gather
+has no efficient ONNX form. Both changes above apply to that copy only; the model itself is not modified.
 
 Outputs can be post-processed by the model's image processor after wrapping them (`OnnxOutputs`).
 """
@@ -23,11 +40,57 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.overrides import TorchFunctionMode
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoderEncoderOnly
+
+from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
 
 
 __all__ = ["OUTPUT_NAMES", "OnnxOutputs", "export_onnx", "main"]
 
 OUTPUT_NAMES = ("class_queries_logits", "masks_queries_logits")
+MIN_EXAMPLE_SIZE = 2 * INPUT_SIZE_MULTIPLE
+# The dynamo exporter writes opset 18 (e.g. Split's `num_outputs`); its conversion down to 17 gives an invalid graph.
+MIN_OPSET = 18
+# Declared upper bounds of the dynamic sizes (the graph itself checks none).
+MAX_BATCH = 1024
+MAX_SIZE = 8192
+
+
+class _ExportPixelDecoderEncoder(Mask2FormerPixelDecoderEncoderOnly):
+    """Upstream's pixel-decoder encoder whose reference points torch.export keeps symbolic (export copy only).
+
+    Upstream builds each level's pixel centres with `torch.linspace(0.5, size - 0.5, size)`; `linspace`'s `steps` is
+    an `int`, not a symbolic size, so the exporter fixed it at the example's. `arange(size) + 0.5` is the same
+    values (exact: the step is 1). Everything else is upstream's computation, in upstream's order.
+    """
+
+    @staticmethod
+    def get_reference_points(spatial_shapes_list, valid_ratios, device):
+        reference_points_list = []
+        for level, (height, width) in enumerate(spatial_shapes_list):
+            ref_y, ref_x = torch.meshgrid(
+                torch.arange(height, dtype=valid_ratios.dtype, device=device) + 0.5,
+                torch.arange(width, dtype=valid_ratios.dtype, device=device) + 0.5,
+                indexing="ij",
+            )
+            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
+            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
+            reference_points_list.append(torch.stack((ref_x, ref_y), -1))
+        reference_points = torch.cat(reference_points_list, 1)
+        return reference_points[:, :, None] * valid_ratios[:, None]
+
+
+class _SymbolicAsTensor(TorchFunctionMode):
+    """While tracing for export, `torch.as_tensor(list)` runs as `torch.tensor(list)` (same values: a list is always
+    copied). torch.export traces `torch.tensor` of symbolic sizes symbolically, but specialises `torch.as_tensor`'s;
+    upstream's pixel decoder calls the latter on the feature-map sizes."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.as_tensor and args and isinstance(args[0], (list, tuple)):
+            return torch.tensor(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 class _Logits(torch.nn.Module):
@@ -38,7 +101,8 @@ class _Logits(torch.nn.Module):
         self.model = model
 
     def forward(self, pixel_values):
-        outputs = self.model(pixel_values=pixel_values)
+        with _SymbolicAsTensor():
+            outputs = self.model(pixel_values=pixel_values)
         return outputs.class_queries_logits, outputs.masks_queries_logits
 
 
@@ -50,56 +114,80 @@ def OnnxOutputs(class_queries_logits, masks_queries_logits) -> SimpleNamespace:
     )
 
 
-def export_onnx(
-    model, path: str | Path, height: int = 512, width: int = 512, opset: int = 17, dynamo: bool = False
-) -> Path:
-    """Export `model` (a Mask2FormerDINOv3ForUniversalSegmentation) to ONNX at `height` x `width`, dynamic batch.
+def _check_example_size(height: int, width: int) -> None:
+    if height % INPUT_SIZE_MULTIPLE or width % INPUT_SIZE_MULTIPLE or min(height, width) < MIN_EXAMPLE_SIZE:
+        raise ValueError(
+            f"height and width of the example input must be multiples of {INPUT_SIZE_MULTIPLE} and at least "
+            f"{MIN_EXAMPLE_SIZE}, got {height}x{width} (the exported file accepts any multiple of {INPUT_SIZE_MULTIPLE})"
+        )
 
-    `dynamo=True` uses `torch.onnx.export(..., dynamo=True)` (same result, much slower to export); the default is
-    the TorchScript exporter. The model itself is not modified.
-    """
+
+def _export_module(model) -> torch.nn.Module:
+    """The module that is exported: a copy of `model` (fp32, eval) on upstream units, returning the two logits."""
     from .fast_mask2former import use_upstream_units
 
-    if height % 32 or width % 32 or height <= 0 or width <= 0:
-        raise ValueError(f"height and width must be positive multiples of 32, got {height}x{width}")
-    module = _Logits(use_upstream_units(copy.deepcopy(model)).float().eval())
+    copied = use_upstream_units(copy.deepcopy(model)).float().eval()
+    for module in copied.modules():
+        if type(module) is Mask2FormerPixelDecoderEncoderOnly:
+            module.__class__ = _ExportPixelDecoderEncoder
+    return _Logits(copied)
+
+
+def export_onnx(model, path: str | Path, height: int = 512, width: int = 512, opset: int = MIN_OPSET) -> Path:
+    """Export `model` (a Mask2FormerDINOv3ForUniversalSegmentation) to one ONNX file with a dynamic batch, height
+    and width (multiples of 32); `height` x `width` (multiples of 32, at least 64) is only the example traced.
+
+    Uses `torch.onnx.export(..., dynamo=True)` (tens of seconds even for a tiny model). The model is not modified.
+    """
+    _check_example_size(height, width)
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be at least {MIN_OPSET}, got {opset}")
+    module = _export_module(model)
     example = torch.zeros(2, 3, height, width)
+    Dim = torch.export.Dim
+    sizes = {"min": 1, "max": MAX_SIZE // INPUT_SIZE_MULTIPLE}
+    dynamic = {
+        0: Dim("batch", min=1, max=MAX_BATCH),
+        2: INPUT_SIZE_MULTIPLE * Dim("height_32", **sizes),
+        3: INPUT_SIZE_MULTIPLE * Dim("width_32", **sizes),
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python values: the reason H/W are fixed
-        if dynamo:
-            batch = torch.export.Dim("batch", min=1, max=1024)
-            torch.onnx.export(
-                module, (example,), str(path), dynamo=True, opset_version=max(opset, 18),
-                input_names=["pixel_values"], output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={"pixel_values": {0: batch}}, external_data=False,
-            )  # fmt: skip
-        else:
-            torch.onnx.export(
-                module, (example,), str(path), dynamo=False, opset_version=opset,
-                input_names=["pixel_values"], output_names=list(OUTPUT_NAMES),
-                dynamic_axes={name: {0: "batch"} for name in ("pixel_values", *OUTPUT_NAMES)},
-            )  # fmt: skip
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), str(path), dynamo=True, opset_version=opset, input_names=["pixel_values"],
+            output_names=list(OUTPUT_NAMES), dynamic_shapes={"pixel_values": dynamic}, external_data=False, verbose=False,
+        )  # fmt: skip
     return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; user errors print one line on stderr and return 2."""
-    parser = argparse.ArgumentParser(prog="mask2former-dinov3-export", description="Export a model to ONNX.")
+    parser = argparse.ArgumentParser(
+        prog="mask2former-dinov3-export",
+        description="Export a model to one ONNX file that accepts any batch size and any height and width that are "
+        f"multiples of {INPUT_SIZE_MULTIPLE}.",
+    )
     parser.add_argument("model", help="model folder or Hub id")
     parser.add_argument("output", help="the .onnx file to write")
     parser.add_argument("--format", choices=("onnx",), default="onnx")
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=512)
-    parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--dynamo", action="store_true", help="use torch's dynamo-based exporter")
+    size_help = (f"of the example input traced at export (a multiple of {INPUT_SIZE_MULTIPLE}, at least "
+                 f"{MIN_EXAMPLE_SIZE}); the file accepts any multiple of {INPUT_SIZE_MULTIPLE}")  # fmt: skip
+    parser.add_argument("--height", type=int, default=512, help=f"height {size_help}")
+    parser.add_argument("--width", type=int, default=512, help=f"width {size_help}")
+    parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (at least {MIN_OPSET})")
+    # The dynamo-based exporter is now the only one (the TorchScript one fixed height and width); kept so that
+    # existing command lines still run.
+    parser.add_argument("--dynamo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.height % 32 or args.width % 32 or min(args.height, args.width) <= 0:
-        print(f"mask2former-dinov3-export: error: --height/--width must be multiples of 32", file=sys.stderr)
+    try:
+        _check_example_size(args.height, args.width)
+    except ValueError as error:
+        print(f"mask2former-dinov3-export: error: --height/--width: {error}", file=sys.stderr)
         return 2
-    if args.opset < 17:
-        print("mask2former-dinov3-export: error: --opset must be at least 17", file=sys.stderr)
+    if args.opset < MIN_OPSET:
+        print(f"mask2former-dinov3-export: error: --opset must be at least {MIN_OPSET}", file=sys.stderr)
         return 2
     import transformers
 
@@ -111,8 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mask2former-dinov3-export: error: cannot load model {args.model}: {str(error).splitlines()[0]}",
               file=sys.stderr)  # fmt: skip
         return 2
-    path = export_onnx(model, args.output, args.height, args.width, args.opset, args.dynamo)
-    print(f"wrote {path} (input {args.height}x{args.width}, dynamic batch)")
+    path = export_onnx(model, args.output, args.height, args.width, args.opset)
+    print(f"wrote {path} (dynamic batch, height and width: multiples of {INPUT_SIZE_MULTIPLE}; "
+          f"traced at {args.height}x{args.width})")  # fmt: skip
     return 0
 
 
