@@ -13,12 +13,12 @@ which would fix the example's size into the graph:
 * `Mask2FormerPixelDecoderEncoderOnly.get_reference_points` calls `torch.linspace(0.5, h - 0.5, h)`, whose `steps`
   is a plain `int` in the operator's schema: the reference points (one per feature-map pixel) became constants of the
   example's length, and onnxruntime failed on another size ("Attempting to broadcast an axis by a dimension other
-  than 1", or wrong masks when the pixel count happened to match, e.g. 64x96 vs 96x64). `_ExportPixelDecoderEncoder`
-  overrides that one static method with `torch.arange(h) + 0.5`, the same values (exact in float).
+  than 1", or wrong masks when the pixel count happened to match, e.g. 64x96 vs 96x64). While exporting,
+  `_SymbolicSizes` runs that call as `torch.arange(h) + 0.5`, the same values (exact in float).
 * `Mask2FormerPixelDecoder.forward` builds `torch.as_tensor(spatial_shapes_list)` (only for `level_start_index`,
   which the deformable attention does not read). torch.export redirects `torch.tensor` of symbolic sizes to a
   symbolic implementation but not `torch.as_tensor`, which specialises height and width (the exported program then
-  asserts the example's size). `_SymbolicAsTensor` turns that `as_tensor` into `torch.tensor` while exporting.
+  asserts the example's size). `_SymbolicSizes` turns that `as_tensor` into `torch.tensor` while exporting.
 
 The DINOv3 ViT's RoPE, the adapter and the rest of Mask2Former stay symbolic as they are.
 
@@ -41,7 +41,6 @@ from types import SimpleNamespace
 
 import torch
 from torch.overrides import TorchFunctionMode
-from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoderEncoderOnly
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
 
@@ -57,39 +56,23 @@ MAX_BATCH = 1024
 MAX_SIZE = 8192
 
 
-class _ExportPixelDecoderEncoder(Mask2FormerPixelDecoderEncoderOnly):
-    """Upstream's pixel-decoder encoder whose reference points torch.export keeps symbolic (export copy only).
+class _SymbolicSizes(TorchFunctionMode):
+    """While tracing for export, two calls of upstream's pixel decoder run in forms torch.export keeps symbolic:
 
-    Upstream builds each level's pixel centres with `torch.linspace(0.5, size - 0.5, size)`; `linspace`'s `steps` is
-    an `int`, not a symbolic size, so the exporter fixed it at the example's. `arange(size) + 0.5` is the same
-    values (exact: the step is 1). Everything else is upstream's computation, in upstream's order.
+    * `torch.linspace(start, end, n)` with a symbolic `n` (`get_reference_points`' pixel centres) runs as
+      `torch.arange(n) * step + start`: `linspace`'s `steps` is a plain `int` in the operator's schema, so the
+      exporter fixed it at the example's size. For those centres the step is 1 and the values are exact.
+    * `torch.as_tensor(list)` runs as `torch.tensor(list)` (same values: a list is always copied); torch.export
+      traces `torch.tensor` of symbolic sizes symbolically but specialises `torch.as_tensor`'s.
     """
-
-    @staticmethod
-    def get_reference_points(spatial_shapes_list, valid_ratios, device):
-        reference_points_list = []
-        for level, (height, width) in enumerate(spatial_shapes_list):
-            ref_y, ref_x = torch.meshgrid(
-                torch.arange(height, dtype=valid_ratios.dtype, device=device) + 0.5,
-                torch.arange(width, dtype=valid_ratios.dtype, device=device) + 0.5,
-                indexing="ij",
-            )
-            ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * height)
-            ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * width)
-            reference_points_list.append(torch.stack((ref_x, ref_y), -1))
-        reference_points = torch.cat(reference_points_list, 1)
-        return reference_points[:, :, None] * valid_ratios[:, None]
-
-
-class _SymbolicAsTensor(TorchFunctionMode):
-    """While tracing for export, `torch.as_tensor(list)` runs as `torch.tensor(list)` (same values: a list is always
-    copied). torch.export traces `torch.tensor` of symbolic sizes symbolically, but specialises `torch.as_tensor`'s;
-    upstream's pixel decoder calls the latter on the feature-map sizes."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is torch.as_tensor and args and isinstance(args[0], (list, tuple)):
             return torch.tensor(*args, **kwargs)
+        if func is torch.linspace and len(args) == 3 and not isinstance(args[2], int):  # a symbolic `steps`
+            start, end, steps = args
+            return torch.arange(steps, **kwargs) * ((end - start) / torch.sym_max(steps - 1, 1)) + start
         return func(*args, **kwargs)
 
 
@@ -101,7 +84,7 @@ class _Logits(torch.nn.Module):
         self.model = model
 
     def forward(self, pixel_values):
-        with _SymbolicAsTensor():
+        with _SymbolicSizes():
             outputs = self.model(pixel_values=pixel_values)
         return outputs.class_queries_logits, outputs.masks_queries_logits
 
@@ -126,11 +109,7 @@ def _export_module(model) -> torch.nn.Module:
     """The module that is exported: a copy of `model` (fp32, eval) on upstream units, returning the two logits."""
     from .fast_mask2former import use_upstream_units
 
-    copied = use_upstream_units(copy.deepcopy(model)).float().eval()
-    for module in copied.modules():
-        if type(module) is Mask2FormerPixelDecoderEncoderOnly:
-            module.__class__ = _ExportPixelDecoderEncoder
-    return _Logits(copied)
+    return _Logits(use_upstream_units(copy.deepcopy(model)).float().eval())
 
 
 def export_onnx(model, path: str | Path, height: int = 512, width: int = 512, opset: int = MIN_OPSET) -> Path:

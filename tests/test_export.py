@@ -4,10 +4,9 @@ at several sizes and batch sizes; the processor post-processes its outputs."""
 import numpy as np
 import pytest
 import torch
-from transformers.models.mask2former.modeling_mask2former import Mask2FormerPixelDecoderEncoderOnly
 
 from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation, Mask2FormerDINOv3ImageProcessor
-from mask2former_dinov3.export import OnnxOutputs, _ExportPixelDecoderEncoder, export_onnx
+from mask2former_dinov3.export import OnnxOutputs, _SymbolicSizes, export_onnx
 
 from tiny_configs import tiny_config
 
@@ -45,13 +44,20 @@ def test_onnxruntime_matches_torch(backbone, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
-def test_export_reference_points_equal_upstream():
-    """The export copy's reference points (arange, which torch.export keeps symbolic) are upstream's (linspace)."""
-    shapes = [(2, 3), (4, 6), (8, 12), (1, 5)]
-    valid_ratios = torch.rand(2, len(shapes), 2) * 0.5 + 0.5
-    ours = _ExportPixelDecoderEncoder.get_reference_points(shapes, valid_ratios, "cpu")
-    theirs = Mask2FormerPixelDecoderEncoderOnly.get_reference_points(shapes, valid_ratios, "cpu")
-    assert torch.equal(ours, theirs)
+def test_export_mode_keeps_upstreams_pixel_centres_symbolic_and_equal():
+    """Upstream's pixel centres `linspace(0.5, n - 0.5, n)`, exported under the export mode with a dynamic `n`, equal
+    eager `linspace` at every size (a size of 1 included); without the mode `n` would be fixed at the example's."""
+
+    class Centres(torch.nn.Module):
+        def forward(self, x):
+            n = x.shape[-1]
+            with _SymbolicSizes():
+                return torch.linspace(0.5, n - 0.5, n)
+
+    n = torch.export.Dim("n", min=1, max=1024)
+    program = torch.export.export(Centres(), (torch.zeros(8),), dynamic_shapes=({0: n},)).module()
+    for size in (1, 2, 3, 16, 125, 256):
+        assert torch.equal(program(torch.zeros(size)), torch.linspace(0.5, size - 0.5, size)), size
 
 
 @pytest.mark.parametrize("kwargs", [dict(height=32, width=64), dict(height=64, width=80), dict(opset=17)])
