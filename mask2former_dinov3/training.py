@@ -41,8 +41,7 @@ from .metrics import (
     SemanticSegmentationEvaluator,
     instance_prediction_from_post_processed,
 )
-# Re-exported: the drawing helpers were defined here before the prediction CLI shared them.
-from .overlays import OVERLAY_MIN_SIDE, _font, _palette, distinct_segments, draw_segments  # noqa: F401
+from .overlays import _font, draw_segments
 from .tiling import predict_tiled
 
 
@@ -553,7 +552,7 @@ def save_prediction_overlays(
     `post_process_predictions` (instance scores below `instance_threshold` are not drawn), or, with `tile_size`,
     `tiled_prediction`. Both panels show the
     image the model sees (images that are not 8-bit after the processor's intensity normalisation), enlarged to at
-    least `OVERLAY_MIN_SIDE` pixels, one label per object; an empty panel says so. Returns the written paths.
+    least `overlays.OVERLAY_MIN_SIDE` pixels, one label per object; an empty panel says so. Returns the written paths.
     """
     os.makedirs(output_dir, exist_ok=True)
     was_training = model.training
@@ -793,10 +792,7 @@ __all__ = [
     "MAIN_METRIC",
     "Mask2FormerTrainer",
     "SegmentationMetrics",
-    "OVERLAY_MIN_SIDE",
     "build_param_groups",
-    "distinct_segments",
-    "draw_segments",
     "flatten_metrics",
     "post_process_predictions",
     "save_json",

@@ -221,7 +221,7 @@ def test_dataset_items_equal_the_processor_on_the_16_bit_file(tmp_path):
 
 def test_fine_tuning_on_16_bit_coco_trains_evaluates_and_draws_the_structures(tmp_path):
     from mask2former_dinov3.finetune import main
-    from mask2former_dinov3.training import draw_segments
+    from mask2former_dinov3.overlays import draw_segments
 
     files = write_blob_coco(tmp_path / "data")
     out = tmp_path / "out"

@@ -9,13 +9,8 @@ from PIL import Image
 
 from mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
 from mask2former_dinov3.data import LabelMap, Sample, SegmentationDataset
-from mask2former_dinov3.training import (
-    OVERLAY_MIN_SIDE,
-    _palette,
-    distinct_segments,
-    draw_segments,
-    save_prediction_overlays,
-)
+from mask2former_dinov3.overlays import OVERLAY_MIN_SIDE, _palette, distinct_segments, draw_segments
+from mask2former_dinov3.training import save_prediction_overlays
 
 
 NAMES = {0: "cat", 1: "dog", 2: "sky"}
