@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/onnx_benchmark.py --repeats 3
 
 For each preset (random weights, `Mask2FormerDINOv3Config.from_preset`): median forward time of torch eager (the
-model's fast units) and of onnxruntime on the exported file, batch 1, `--size` px, one thread each. Then the cost of
+model's fast units) and of onnxruntime on the exported file, batch 1, `--size` px and `--second_size` (the same
+file: its height and width are dynamic), one thread each. Then the cost of
 tiled prediction (`mask2former_dinov3.tiling.predict_tiled`, torch) of a `--tiled_image` px square image with
 `--tile` px windows and `--overlap` px overlap, against one forward of the image resized to `--tile` px (the whole
 single-pass prediction, pre- and post-processing included, for both).
@@ -47,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["dinov3-vits16", "dinov3-convnext-tiny"])
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--second_size", type=int, nargs=2, default=[384, 640], metavar=("H", "W"),
+                        help="a second input size, run from the same exported file")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tiled_image", type=int, default=1024)
     parser.add_argument("--tile", type=int, default=512)
@@ -58,22 +61,25 @@ def main() -> None:
     torch.set_num_threads(1)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
-    pixels = torch.randn(1, 3, args.size, args.size)
+    sizes = [(args.size, args.size), tuple(args.second_size)]
     for preset in args.presets:
         torch.manual_seed(0)
         model = Mask2FormerDINOv3ForUniversalSegmentation(Mask2FormerDINOv3Config.from_preset(preset)).eval()
-        with torch.no_grad():
-            torch_ms = _median_ms(lambda: model(pixel_values=pixels), args.repeats)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             path = export_onnx(model, Path(tmp) / "model.onnx", args.size, args.size)
             export_s = time.perf_counter() - start
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            feed = {"pixel_values": pixels.numpy()}
-            onnx_ms = _median_ms(lambda: session.run(None, feed), args.repeats)
-        row = dict(preset=preset, size=args.size, torch_eager_ms=round(torch_ms), onnxruntime_ms=round(onnx_ms),
-                   speedup=round(torch_ms / onnx_ms, 2), export_s=round(export_s, 1))  # fmt: skip
-        print(json.dumps(row), flush=True)
+            for height, width in sizes:  # one exported file for both sizes
+                pixels = torch.randn(1, 3, height, width)
+                feed = {"pixel_values": pixels.numpy()}
+                with torch.no_grad():
+                    torch_ms = _median_ms(lambda: model(pixel_values=pixels), args.repeats)
+                onnx_ms = _median_ms(lambda: session.run(None, feed), args.repeats)
+                row = dict(preset=preset, size=f"{height}x{width}", torch_eager_ms=round(torch_ms),
+                           onnxruntime_ms=round(onnx_ms), speedup=round(torch_ms / onnx_ms, 2),
+                           export_s=round(export_s, 1))  # fmt: skip
+                print(json.dumps(row), flush=True)
 
         processor = Mask2FormerDINOv3ImageProcessor(size={"height": args.tile, "width": args.tile})
         image = Image.fromarray(
