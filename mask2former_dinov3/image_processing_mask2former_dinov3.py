@@ -76,7 +76,8 @@ class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
             best = outputs.class_queries_logits[empty].softmax(-1)[..., :-1].max().item()
             logger.warning(
                 f"No segment passed threshold={threshold} in {len(empty)} of {len(results)} image(s) (their best "
-                f"class probability: {best:.3f}); pass a lower `threshold` (e.g. to the pipeline) to see more."
+                f"class probability: {best:.3f}); a lower threshold shows more (`threshold=` of the pipeline or of "
+                "post-processing, `--threshold` of mask2former-dinov3-predict)."
             )
             _WARNED_ABOUT_THRESHOLD.add(self)
         return results

@@ -212,7 +212,7 @@ def test_pipeline_says_why_it_returns_nothing(saved, tmp_path):
         assert segmenter(_image(), subtask="instance") == []
         assert segmenter(_image(seed=1), subtask="panoptic") == []
     assert captured.out.count("No segment passed threshold=0.9 in 1 of 1 image(s)") == 1, captured.out
-    assert "best class probability" in captured.out and "lower `threshold`" in captured.out
+    assert "best class probability" in captured.out and "a lower threshold shows more" in captured.out
     quiet = pipeline("image-segmentation", model=str(saved[0]))
     with CaptureLogger(module.logger) as captured:
         assert quiet(_image(), subtask="instance", threshold=0.0)
