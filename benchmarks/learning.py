@@ -112,6 +112,8 @@ class Settings:
     # Ablations of ours-vit
     vit_taps: tuple[int, ...] = VIT_TAPS  # 0-based ViT blocks ours-vit taps (4, or 1 as in ViTDet)
     adapter_lr_scale: float = 1.0  # learning-rate multiplier for the adapter's parameters
+    # Folder of `initial_weights.py` files: start each run from those weights and that RNG state (paired runs)
+    initial_weights: str | None = None
 
 
 def vit_config(settings: Settings, **kwargs) -> DINOv3ViTConfig:
@@ -308,6 +310,31 @@ def load_data(settings: Settings):
     return _DATA_CACHE[key]
 
 
+def initial_weights_path(folder: str, name: str, seed: int) -> str:
+    """Where `benchmarks/initial_weights.py` saves one model's starting point for one seed."""
+    return os.path.join(folder, f"{name}-seed{seed}.safetensors")
+
+
+def load_initial_weights(model: torch.nn.Module, folder: str, name: str, seed: int) -> None:
+    """Start from another checkout's initial weights and the RNG state it had after building them.
+
+    Training then draws the same random numbers (point sampling) as that checkout did, so the two runs differ only
+    in the code they train with.
+    """
+    from safetensors.torch import load_file
+
+    path = initial_weights_path(folder, name, seed)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: write it with benchmarks/initial_weights.py --seeds {seed}")
+    tensors = load_file(path)
+    rng_state = tensors.pop(RNG_STATE_KEY)
+    model.load_state_dict(tensors, strict=True)
+    torch.set_rng_state(rng_state)
+
+
+RNG_STATE_KEY = "__torch_rng_state_after_build__"
+
+
 def run_one(name: str, seed: int, settings: Settings) -> dict:
     """Train one model with one seed and evaluate it (runs in a worker process when --workers > 1)."""
     torch.set_num_threads(settings.threads)
@@ -315,6 +342,8 @@ def run_one(name: str, seed: int, settings: Settings) -> dict:
     _, val_samples, train_data, val_data = load_data(settings)
     torch.manual_seed(seed)
     model = build_model(name, settings)
+    if settings.initial_weights:
+        load_initial_weights(model, settings.initial_weights, name, seed)
     init = head_init_stats(model)
     trained = train(model, train_data, settings, seed)
     metrics = evaluate(model, val_samples, val_data, settings)
@@ -460,6 +489,11 @@ def parse_args(argv=None) -> tuple[Settings, list[str], argparse.Namespace]:
     parser.add_argument("--workers", type=int, default=defaults.workers, help="runs trained side by side")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + ABLATIONS)
     parser.add_argument("--quick", action="store_true", help="smoke test: 64 px, 3 steps, 1 seed, tiny data, 1 worker")
+    parser.add_argument(
+        "--initial_weights",
+        help="folder written by benchmarks/initial_weights.py (e.g. from an older checkout): each run starts from "
+        "those weights and RNG state, so two versions' runs are paired seed for seed",
+    )
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.image_size % 32:
@@ -481,6 +515,7 @@ def parse_args(argv=None) -> tuple[Settings, list[str], argparse.Namespace]:
         convnext_layer_scale=args.convnext_layer_scale,
         vit_taps=tuple(args.vit_taps),
         adapter_lr_scale=args.adapter_lr_scale,
+        initial_weights=args.initial_weights,
     )
     if args.quick:
         settings = Settings(
