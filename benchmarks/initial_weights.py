@@ -28,7 +28,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def load_learning_module(checkout: str):
     """`benchmarks/learning.py` of `checkout`, importing that checkout's `mask2former_dinov3`."""
     sys.path.insert(0, os.path.abspath(checkout))
-    spec = importlib.util.spec_from_file_location("learning_of_checkout", os.path.join(checkout, "benchmarks", "learning.py"))
+    path = os.path.join(checkout, "benchmarks", "learning.py")
+    spec = importlib.util.spec_from_file_location("learning_of_checkout", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here
     spec.loader.exec_module(module)
@@ -38,7 +39,9 @@ def load_learning_module(checkout: str):
 def main(argv=None) -> None:
     """Write `<output>/<model>-seed<seed>.safetensors` for each model and seed."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkout", default=os.path.dirname(HERE), help="repository root whose code builds the models")
+    parser.add_argument(
+        "--checkout", default=os.path.dirname(HERE), help="repository root whose code builds the models"
+    )
     parser.add_argument("--models", nargs="+", default=["ours-vit"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--output", required=True)

@@ -63,3 +63,38 @@ def test_plain_pyramid_ablation_is_ours_vit_without_the_spatial_prior():
     assert plain.model.pixel_level_module.adapter.spatial_prior is None
     assert set(plain.state_dict()) == {k for k in ours.state_dict() if ".spatial_prior." not in k}
     assert "ours-vit-plain" not in learning.MODELS  # an ablation, not part of the default comparison
+
+
+def test_initial_weights_pair_runs_start_where_the_other_checkout_started(tmp_path):
+    """initial_weights.py (run against a checkout, here this one) + learning.py's loader: same weights, same RNG."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    completed = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "initial_weights.py"), "--checkout", REPO_ROOT]
+        + ["--models", "ours-convnext", "--seeds", "3", "--output", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    sys.path.insert(0, REPO_ROOT)
+    import torch
+
+    from benchmarks import learning
+
+    settings = learning.Settings()
+    torch.manual_seed(3)
+    reference = learning.build_model("ours-convnext", settings)
+    next_draw = torch.rand(5)
+
+    torch.manual_seed(0)  # another starting point, overwritten by the loader
+    model = learning.build_model("ours-convnext", settings)
+    weight = "class_predictor.weight"
+    assert not torch.equal(model.state_dict()[weight], reference.state_dict()[weight])
+    learning.load_initial_weights(model, str(tmp_path), "ours-convnext", 3)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert torch.equal(torch.rand(5), next_draw)  # training draws what the other checkout's training drew
+
+    with pytest.raises(FileNotFoundError, match="ours-convnext-seed4.safetensors.*initial_weights.py --seeds 4"):
+        learning.load_initial_weights(model, str(tmp_path), "ours-convnext", 4)
