@@ -3,7 +3,7 @@
 Pairs learning runs across versions: the same starting point and the same later random draws, so that what differs is
 only the code that trains. For example, against 0.2.0:
 
-    git worktree add --detach /tmp/v020 v0.2.0-commit
+    git worktree add --detach /tmp/v020 2e4e4d6    # the 0.2.0 commit
     python benchmarks/initial_weights.py --checkout /tmp/v020 --models ours-vit --seeds 0 1 2 3 4 --output /tmp/init
     python benchmarks/learning.py --models ours-vit --seeds 0 1 2 3 4 --initial_weights /tmp/init
 
