@@ -13,6 +13,10 @@ import re
 
 _ACCELERATOR = "cannot apply: needs a CUDA/XPU accelerator (CI and this suite run on CPU)"
 _FLASH = "cannot apply: needs the flash-attention / kernels packages and a GPU"
+_KERNELS = (
+    "cannot apply: needs a CUDA/XPU accelerator and Hub kernels fetched at run time (`model.use_kernels = True`); "
+    "CI and this suite run on CPU without network access to the Hub"
+)
 _DEEPSPEED = "cannot apply: needs deepspeed (not a dependency), and resizes token embeddings the model does not have"
 _TEXT = "cannot apply: checks a language-model feature (token ids, LM heads, sliding windows, RoPE scaling)"
 _MOE = "cannot apply: checks mixture-of-experts routing; the model has no experts"
@@ -60,6 +64,10 @@ DOCUMENTED_SKIPS = {
     "test_flash_attn_kernels_inference_equivalence": _FLASH,
     "test_flash_attn_kernels_mps_inference_equivalence": "cannot apply: needs Apple MPS",
     "test_kernels_can_load_without_crashing": _FLASH,
+    # New in transformers 5.25's mixins: `@require_torch_accelerator` and `@require_kernels`; they switch on
+    # `model.use_kernels`, which swaps in Hub kernels (downloaded at run time) for the accelerator.
+    "test_kernels_can_run_without_crashing_inference": _KERNELS,
+    "test_kernels_can_run_without_crashing_training": _KERNELS,
     # DeepSpeed.
     "test_resize_embeddings_untied_with_deepspeed": _DEEPSPEED,
     "test_resize_embeddings_untied_with_deepspeed_multi_gpu": _DEEPSPEED,
