@@ -40,8 +40,8 @@ def test_saved_folder_is_safetensors_with_code_and_auto_map(saved):
     config = json.loads((directory / "config.json").read_text())
     assert config["model_type"] == "mask2former_dinov3"
     assert config["auto_map"]["AutoModelForUniversalSegmentation"].endswith(
-        "modeling_mask2former_dinov3.Mask2FormerDINOv3ForUniversalSegmentation")
-    assert config["auto_map"]["AutoConfig"].endswith("Mask2FormerDINOv3Config")
+        "modeling_mask2former_dinov3.Mask2FormerDinov3ForUniversalSegmentation")
+    assert config["auto_map"]["AutoConfig"].endswith("Mask2FormerDinov3Config")
     # Exactly the code the model needs to build and run: no CLI, no checkpoint conversion or loading code.
     model_code = {"modeling_mask2former_dinov3.py", "configuration_mask2former_dinov3.py", "presets.py",
                   "image_processing_mask2former_dinov3.py", "intensity.py", "fast_mask2former.py", "private_api.py"}  # fmt: skip
@@ -115,13 +115,13 @@ def test_checkpoint_saved_before_the_spatial_prior_reloads_as_it_was(tmp_path):
 
 def test_fresh_process_after_importing_the_package(saved):
     stdout = run_fresh(FRESH_PROCESS.format(import_package=True, directory=str(saved[0])))
-    assert "MODEL mask2former_dinov3.modeling_mask2former_dinov3 Mask2FormerDINOv3ForUniversalSegmentation" in stdout
+    assert "MODEL mask2former_dinov3.modeling_mask2former_dinov3 Mask2FormerDinov3ForUniversalSegmentation" in stdout
     assert "PROCESSOR Mask2FormerDINOv3ImageProcessor" in stdout
 
 
 def test_fresh_process_with_trust_remote_code_and_no_import(saved):
     stdout = run_fresh(FRESH_PROCESS.format(import_package=False, directory=str(saved[0])))
-    assert "MODEL transformers_modules." in stdout and "Mask2FormerDINOv3ForUniversalSegmentation" in stdout
+    assert "MODEL transformers_modules." in stdout and "Mask2FormerDinov3ForUniversalSegmentation" in stdout
     assert "PROCESSOR Mask2FormerDINOv3ImageProcessor" in stdout
     assert "IMPORTED False" in stdout
 
