@@ -285,7 +285,10 @@ class Mask2FormerDinov3PixelLevelModule(Mask2FormerPixelLevelModule):
         if mask_token is not None:
             mask_token.requires_grad_(False)
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> Mask2FormerDinov3PixelLevelModuleOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> Mask2FormerDinov3PixelLevelModuleOutput:
+        # Mask2FormerModel passes `output_hidden_states` (transformers' model-structure rules keep output flags out of
+        # forward signatures): the backbone maps are returned only when asked for.
+        output_hidden_states = kwargs.get("output_hidden_states", False)
         check_input_size(*pixel_values.shape[-2:])
         # A frozen backbone keeps no activations for backward.
         with torch.no_grad() if self.freeze_backbone else contextlib.nullcontext():

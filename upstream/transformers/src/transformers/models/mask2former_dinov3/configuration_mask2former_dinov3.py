@@ -31,6 +31,34 @@ logger = logging.get_logger(__name__)
 @strict
 class Mask2FormerDinov3Config(PreTrainedConfig):
     r"""
+    feature_size (`int`, *optional*, defaults to 256):
+        The features (channels) of the resulting feature maps.
+    mask_feature_size (`int`, *optional*, defaults to 256):
+        The masks' features size, this value will also be used to specify the Feature Pyramid Network features'
+        size.
+    encoder_feedforward_dim (`int`, *optional*, defaults to 1024):
+        Dimension of feedforward network for deformable detr encoder used as part of pixel decoder.
+    dim_feedforward (`int`, *optional*, defaults to 2048):
+        Feature dimension in feedforward network for transformer decoder.
+    pre_norm (`bool`, *optional*, defaults to `False`):
+        Whether to use pre-LayerNorm or not for transformer decoder.
+    enforce_input_projection (`bool`, *optional*, defaults to `False`):
+        Whether to add an input projection 1x1 convolution even if the input channels and hidden dim are identical
+        in the Transformer decoder.
+    common_stride (`int`, *optional*, defaults to 4):
+        Parameter used for determining number of FPN levels used as part of pixel decoder.
+    num_queries (`int`, *optional*, defaults to 100):
+        Number of queries for the decoder.
+    train_num_points (`int`, *optional*, defaults to 12544):
+        Number of points used for sampling during loss calculation.
+    oversample_ratio (`float`, *optional*, defaults to 3.0):
+        Oversampling parameter used for calculating no. of sampled points
+    importance_sample_ratio (`float`, *optional*, defaults to 0.75):
+        Ratio of points that are sampled via importance sampling.
+    feature_strides (`list[int]`, *optional*, defaults to `[4, 8, 16, 32]`):
+        Strides of the adapter's feature maps; must be `[4, 8, 16, 32]`.
+    output_auxiliary_logits (`bool`, *optional*):
+        Should the model output its `auxiliary_logits` or not.
     tapped_layers (`list[int]`, *optional*):
         0-based indices of the ViT blocks whose outputs feed the adapter, shallowest first: four blocks (one per
         pyramid level, strides 4 to 32) or one block (every level built from it, as in ViTDet). Defaults to four even
@@ -155,15 +183,6 @@ class Mask2FormerDinov3Config(PreTrainedConfig):
             backbone_config.set_output_features_output_indices(
                 out_features=["stage1", "stage2", "stage3", "stage4"], out_indices=None
             )
-
-    @property
-    def adapter_output_channels(self) -> list[int]:
-        """Channels of the four maps (strides 4, 8, 16, 32) that the adapter hands to the pixel decoder."""
-        if self.adapter_channels is not None:
-            return list(self.adapter_channels)
-        if self.backbone_config.model_type == "dinov3_convnext":
-            return list(self.backbone_config.hidden_sizes)
-        return [self.feature_size] * 4
 
 
 __all__ = ["Mask2FormerDinov3Config"]

@@ -143,7 +143,7 @@ class Mask2FormerDinov3ViTAdapter(nn.Module):
         super().__init__()
         embed_dim = config.backbone_config.hidden_size
         half, quarter = max(embed_dim // 2, 1), max(embed_dim // 4, 1)
-        self.out_channels = config.adapter_output_channels
+        self.out_channels = config.adapter_channels or [config.feature_size] * 4
         self.num_inputs = len(config.tapped_layers)
         self.resample = nn.ModuleList(
             [
@@ -181,7 +181,7 @@ class Mask2FormerDinov3ConvNextAdapter(nn.Module):
 
     def __init__(self, config: Mask2FormerDinov3Config, in_channels: list[int]):
         super().__init__()
-        self.out_channels = config.adapter_output_channels
+        self.out_channels = config.adapter_channels or list(in_channels)
         if list(in_channels) == self.out_channels:
             self.projections = nn.ModuleList([nn.Identity() for _ in in_channels])
         else:
@@ -902,9 +902,9 @@ class Mask2FormerDinov3PixelLevelModule(nn.Module):
         if mask_token is not None:
             mask_token.requires_grad_(False)
 
-    def forward(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool = False
-    ) -> Mask2FormerDinov3PixelLevelModuleOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> Mask2FormerDinov3PixelLevelModuleOutput:
+        # Mask2FormerModel passes `output_hidden_states`: the backbone maps are returned only when asked for.
+        output_hidden_states = kwargs.get("output_hidden_states", False)
         height, width = pixel_values.shape[-2:]
         if height % 32 or width % 32:
             raise ValueError(
@@ -2201,7 +2201,7 @@ class Mask2FormerDinov3PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
-    _no_split_modules = ["DINOv3ViTLayer", "DINOv3ConvNextLayer", "Mask2FormerDinov3MaskedAttentionDecoderLayer"]
+    _no_split_modules = ["Mask2FormerDinov3MaskedAttentionDecoderLayer"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):

@@ -36,6 +36,34 @@ from ..mask2former.modeling_mask2former import (
 @strict
 class Mask2FormerDinov3Config(Mask2FormerConfig):
     r"""
+    feature_size (`int`, *optional*, defaults to 256):
+        The features (channels) of the resulting feature maps.
+    mask_feature_size (`int`, *optional*, defaults to 256):
+        The masks' features size, this value will also be used to specify the Feature Pyramid Network features'
+        size.
+    encoder_feedforward_dim (`int`, *optional*, defaults to 1024):
+        Dimension of feedforward network for deformable detr encoder used as part of pixel decoder.
+    dim_feedforward (`int`, *optional*, defaults to 2048):
+        Feature dimension in feedforward network for transformer decoder.
+    pre_norm (`bool`, *optional*, defaults to `False`):
+        Whether to use pre-LayerNorm or not for transformer decoder.
+    enforce_input_projection (`bool`, *optional*, defaults to `False`):
+        Whether to add an input projection 1x1 convolution even if the input channels and hidden dim are identical
+        in the Transformer decoder.
+    common_stride (`int`, *optional*, defaults to 4):
+        Parameter used for determining number of FPN levels used as part of pixel decoder.
+    num_queries (`int`, *optional*, defaults to 100):
+        Number of queries for the decoder.
+    train_num_points (`int`, *optional*, defaults to 12544):
+        Number of points used for sampling during loss calculation.
+    oversample_ratio (`float`, *optional*, defaults to 3.0):
+        Oversampling parameter used for calculating no. of sampled points
+    importance_sample_ratio (`float`, *optional*, defaults to 0.75):
+        Ratio of points that are sampled via importance sampling.
+    feature_strides (`list[int]`, *optional*, defaults to `[4, 8, 16, 32]`):
+        Strides of the adapter's feature maps; must be `[4, 8, 16, 32]`.
+    output_auxiliary_logits (`bool`, *optional*):
+        Should the model output its `auxiliary_logits` or not.
     tapped_layers (`list[int]`, *optional*):
         0-based indices of the ViT blocks whose outputs feed the adapter, shallowest first: four blocks (one per
         pyramid level, strides 4 to 32) or one block (every level built from it, as in ViTDet). Defaults to four even
@@ -99,7 +127,9 @@ class Mask2FormerDinov3Config(Mask2FormerConfig):
         if list(self.feature_strides) != [4, 8, 16, 32]:
             raise ValueError(f"`feature_strides` must be [4, 8, 16, 32] (the adapter's), got {self.feature_strides}.")
         if self.adapter_norm not in ("layer_norm", "group_norm", "none"):
-            raise ValueError(f"`adapter_norm` must be 'layer_norm', 'group_norm' or 'none', got {self.adapter_norm!r}.")
+            raise ValueError(
+                f"`adapter_norm` must be 'layer_norm', 'group_norm' or 'none', got {self.adapter_norm!r}."
+            )
         is_vit = backbone_config.model_type == "dinov3_vit"
         if self.adapter_spatial_prior is None:
             self.adapter_spatial_prior = is_vit
@@ -123,15 +153,6 @@ class Mask2FormerDinov3Config(Mask2FormerConfig):
             backbone_config.set_output_features_output_indices(
                 out_features=["stage1", "stage2", "stage3", "stage4"], out_indices=None
             )
-
-    @property
-    def adapter_output_channels(self) -> list[int]:
-        """Channels of the four maps (strides 4, 8, 16, 32) that the adapter hands to the pixel decoder."""
-        if self.adapter_channels is not None:
-            return list(self.adapter_channels)
-        if self.backbone_config.model_type == "dinov3_convnext":
-            return list(self.backbone_config.hidden_sizes)
-        return [self.feature_size] * 4
 
 
 class Mask2FormerDinov3LayerNorm2d(nn.LayerNorm):
@@ -231,7 +252,7 @@ class Mask2FormerDinov3ViTAdapter(nn.Module):
         super().__init__()
         embed_dim = config.backbone_config.hidden_size
         half, quarter = max(embed_dim // 2, 1), max(embed_dim // 4, 1)
-        self.out_channels = config.adapter_output_channels
+        self.out_channels = config.adapter_channels or [config.feature_size] * 4
         self.num_inputs = len(config.tapped_layers)
         self.resample = nn.ModuleList(
             [
@@ -269,7 +290,7 @@ class Mask2FormerDinov3ConvNextAdapter(nn.Module):
 
     def __init__(self, config: Mask2FormerDinov3Config, in_channels: list[int]):
         super().__init__()
-        self.out_channels = config.adapter_output_channels
+        self.out_channels = config.adapter_channels or list(in_channels)
         if list(in_channels) == self.out_channels:
             self.projections = nn.ModuleList([nn.Identity() for _ in in_channels])
         else:
@@ -307,7 +328,9 @@ class Mask2FormerDinov3PixelLevelModule(Mask2FormerPixelLevelModule):
         if mask_token is not None:
             mask_token.requires_grad_(False)
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):
+    def forward(self, pixel_values: torch.Tensor, **kwargs):
+        # Mask2FormerModel passes `output_hidden_states`: the backbone maps are returned only when asked for.
+        output_hidden_states = kwargs.get("output_hidden_states", False)
         height, width = pixel_values.shape[-2:]
         if height % 32 or width % 32:
             raise ValueError(
@@ -331,7 +354,7 @@ class Mask2FormerDinov3PreTrainedModel(Mask2FormerPreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
-    _no_split_modules = ["DINOv3ViTLayer", "DINOv3ConvNextLayer", "Mask2FormerDinov3MaskedAttentionDecoderLayer"]
+    _no_split_modules = ["Mask2FormerDinov3MaskedAttentionDecoderLayer"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
