@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 import transformers
 from transformers import DINOv3ConvNextConfig, Mask2FormerConfig
 from transformers.models.mask2former import modeling_mask2former

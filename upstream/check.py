@@ -30,7 +30,7 @@ GENERATED = ("configuration_mask2former_dinov3.py", "modeling_mask2former_dinov3
 NEW_FOLDERS = (str(MODEL_FOLDER), "tests/models/mask2former_dinov3")
 NAMES_THE_MODEL = re.compile(r"mask2former_dinov3|mask2former-dinov3|Mask2FormerDinov3", re.IGNORECASE)
 REPO_CHECKS = (
-    ["utils/check_modular_conversion.py"],
+    ["utils/check_modular_conversion.py", "--files", str(MODEL_FOLDER / "modular_mask2former_dinov3.py")],
     ["utils/check_copies.py"],
     ["utils/check_config_attributes.py"],
     ["utils/check_config_docstrings.py"],

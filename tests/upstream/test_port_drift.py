@@ -6,12 +6,12 @@ ConvNeXt (with projections). The package runs upstream Mask2Former's units here 
 the comparison is exact up to float rounding; its fast units are compared with upstream's in test_speed_equivalence.py.
 """
 
+import port_mount
 import pytest
 import torch
-from transformers import DINOv3ConvNextConfig, DINOv3ViTConfig
 
-import port_mount
 from mask2former_dinov3 import Mask2FormerDinov3Config, Mask2FormerDinov3ForUniversalSegmentation
+from transformers import DINOv3ConvNextConfig, DINOv3ViTConfig
 
 
 port_mount.mount_model()

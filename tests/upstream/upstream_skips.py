@@ -138,6 +138,15 @@ DOCUMENTED_SKIPS = {
 }
 
 
+# Skips of our own port checks (test_upstream_port_checks.py) where their inputs are missing; each says what to set.
+DOCUMENTED_SKIPS["test_port_passes_transformers_repository_checks"] = (
+    "needs a transformers source tree with the repository tools (see UPSTREAMING.md); the skip message says which "
+    "variables to set"
+)
+DOCUMENTED_SKIPS["test_port_is_ruff_clean_with_transformers_settings"] = (
+    "needs ruff (the `test` extra) and transformers' pyproject.toml from its sdist; the skip message says which is missing"
+)
+
 # Skips allowed only for the upstream port's test file (test_upstream_port.py), not for the package's own tests.
 PORT_ONLY_SKIPS = {
     "test_enable_input_require_grads_with_gradient_checkpointing": (
