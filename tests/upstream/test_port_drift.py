@@ -75,3 +75,13 @@ def test_port_and_package_give_the_same_outputs(backbone):
         torch.manual_seed(1)  # the loss samples its points at random
         losses.append(model(pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss)
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_layers", [2, 6, 12, 24, 32, 40])
+def test_port_and_package_tap_the_same_default_layers(num_layers):
+    """Without `tapped_layers`, both configs tap the same ViT blocks (DINOv3's choices for the released depths)."""
+    vit = dict(hidden_size=32, num_hidden_layers=num_layers, num_attention_heads=2, intermediate_size=64)
+    package_config = Mask2FormerDinov3Config(backbone_config=DINOv3ViTConfig(**vit))
+    port_config = port.Mask2FormerDinov3Config(backbone_config=DINOv3ViTConfig(**vit))
+    assert port_config.tapped_layers == package_config.tapped_layers
+    assert port_config.backbone_config.out_indices == package_config.backbone_config.out_indices
