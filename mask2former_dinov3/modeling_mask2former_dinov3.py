@@ -493,35 +493,33 @@ def _legacy_adapter_key_renamings() -> list[WeightRenaming]:
 
     Up to 0.3.0 the adapter was built from `nn.Sequential`s (`projections.K.0` / `.1`, `resample.0.0` / `.1` / `.3`,
     `spatial_prior.stem.0` ... `.7`, `spatial_prior.downsample.0` / `.1`); transformers' model-structure rules do not
-    allow `nn.Sequential`, so the same layers now have names. Keys are spelled out in full, parameter name included,
-    so that no renaming can match the result of another.
+    allow `nn.Sequential`, so the same layers now have names. transformers applies renamings one after the other (in
+    reverse order when saving), so the order matters: a rule that produces `stem.K.` comes after the rule that reads
+    `stem.K.`, so that no key is renamed twice.
     """
-    pairs = {}
-    for k in range(4):
-        pairs[f"adapter.projections.{k}.0"] = f"adapter.projections.{k}.conv"
-        pairs[f"adapter.projections.{k}.1"] = f"adapter.projections.{k}.norm"
-    pairs.update(
-        {
-            "adapter.resample.0.0": "adapter.resample.0.conv1",
-            "adapter.resample.0.1": "adapter.resample.0.norm",
-            "adapter.resample.0.3": "adapter.resample.0.conv2",
-            "adapter.spatial_prior.downsample.0": "adapter.spatial_prior.downsample.conv",
-            "adapter.spatial_prior.downsample.1": "adapter.spatial_prior.downsample.norm",
-        }
-    )
+    pairs = []
+    for level in range(4):
+        pairs += [(f"adapter.projections.{level}.0.", f"adapter.projections.{level}.conv."),
+                  (f"adapter.projections.{level}.1.", f"adapter.projections.{level}.norm.")]  # fmt: skip
+    pairs += [
+        ("adapter.resample.0.0.", "adapter.resample.0.conv1."),
+        ("adapter.resample.0.1.", "adapter.resample.0.norm."),
+        ("adapter.resample.0.3.", "adapter.resample.0.conv2."),
+        ("adapter.spatial_prior.downsample.0.", "adapter.spatial_prior.downsample.conv."),
+        ("adapter.spatial_prior.downsample.1.", "adapter.spatial_prior.downsample.norm."),
+    ]
     for block in range(3):
-        pairs[f"adapter.spatial_prior.stem.{3 * block}"] = f"adapter.spatial_prior.stem.{block}.conv"
-        pairs[f"adapter.spatial_prior.stem.{3 * block + 1}"] = f"adapter.spatial_prior.stem.{block}.norm"
+        pairs += [(f"adapter.spatial_prior.stem.{3 * block}.", f"adapter.spatial_prior.stem.{block}.conv."),
+                  (f"adapter.spatial_prior.stem.{3 * block + 1}.", f"adapter.spatial_prior.stem.{block}.norm.")]  # fmt: skip
     for level in range(2):
-        pairs[f"adapter.spatial_prior.projections.{level}.0"] = f"adapter.spatial_prior.projections.{level}.conv"
-        pairs[f"adapter.spatial_prior.projections.{level}.1"] = f"adapter.spatial_prior.projections.{level}.norm"
+        pairs += [(f"adapter.spatial_prior.projections.{level}.0.", f"adapter.spatial_prior.projections.{level}.conv."),
+                  (f"adapter.spatial_prior.projections.{level}.1.", f"adapter.spatial_prior.projections.{level}.norm.")]  # fmt: skip
     return [
         WeightRenaming(
-            source_patterns=re.escape(f"pixel_level_module.{old}.{param}"),
-            target_patterns=re.escape(f"pixel_level_module.{new}.{param}"),
+            source_patterns=re.escape(f"pixel_level_module.{old}"),
+            target_patterns=re.escape(f"pixel_level_module.{new}"),
         )
-        for old, new in pairs.items()
-        for param in ("weight", "bias")
+        for old, new in pairs
     ]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from unittest import mock
 
 import transformers.models
+from transformers import conversion_mapping
 from transformers.models.auto import configuration_auto, modeling_auto
 
 
@@ -70,6 +71,13 @@ def port_auto_mappings():
         for mapping in (modeling_auto.MODEL_MAPPING, modeling_auto.MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING):
             # Built from CONFIG_MAPPING_NAMES when transformers was imported: config class name -> model type.
             stack.enter_context(mock.patch.dict(mapping._reverse_config_mapping, {"Mask2FormerDinov3Config": MODEL_TYPE}))
+        # The package's renamings of its 0.3.0 checkpoint keys are registered for the same model type; the PR adds none.
+        package_renamings = conversion_mapping.get_checkpoint_conversion_mapping(MODEL_TYPE)
+        if package_renamings is not None:
+            conversion_mapping.register_checkpoint_conversion_mapping(MODEL_TYPE, [], overwrite=True)
+            stack.callback(
+                conversion_mapping.register_checkpoint_conversion_mapping, MODEL_TYPE, package_renamings, overwrite=True
+            )
         extra = configuration_auto.CONFIG_MAPPING._extra_content
         if MODEL_TYPE in extra:
             stack.enter_context(mock.patch.dict(extra))

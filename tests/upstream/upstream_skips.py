@@ -147,6 +147,12 @@ DOCUMENTED_SKIPS["test_port_is_ruff_clean_with_transformers_settings"] = (
     "needs ruff (the `test` extra) and transformers' pyproject.toml from its sdist; the skip message says which is missing"
 )
 
+DOCUMENTED_SKIPS["test_reverse_loading_mapping"] = (
+    "upstream's own skip when a model has no conversion mapping (the port; upstream Mask2Former); for the package's "
+    "ConvNeXt tester, whose identity adapter has no parameters for the 0.3.0 key renamings to match (the ViT tester "
+    "runs it)"
+)
+
 # Skips allowed only for the upstream port's test file (test_upstream_port.py), not for the package's own tests.
 PORT_ONLY_SKIPS = {
     "test_enable_input_require_grads_with_gradient_checkpointing": (

@@ -459,6 +459,16 @@ class Mask2FormerDINOv3ModelTestMixin:
                 # The head always trains.
                 self.assertTrue(all(p.requires_grad for p in candidate.class_predictor.parameters()))
 
+    def test_reverse_loading_mapping(self, *args, **kwargs):
+        """Upstream's check of the package's renamings of 0.3.0 checkpoint keys (every renaming must match a key).
+
+        The renamings concern the adapter's parameters; an identity ConvNeXt adapter (the ConvNeXt tester's) has
+        none, so there the test cannot apply (the ViT tester's adapter has every renamed layer).
+        """
+        if not any(".adapter." in name for name, _ in Mask2FormerDINOv3Model(self.model_tester.get_config()).named_parameters()):
+            self.skipTest("the identity ConvNeXt adapter has no parameters, so no 0.3.0 key renaming can apply")
+        super().test_reverse_loading_mapping(*args, **kwargs)
+
     @unittest.skip(reason="Mask2FormerDINOv3 does not use token embeddings (upstream Mask2Former and EoMT: same skip)")
     def test_resize_tokens_embeddings(self):
         """Skipped: there is no token vocabulary to resize."""

@@ -168,11 +168,14 @@ class Mask2FormerDinov3Config(PreTrainedConfig):
         if is_vit:
             num_layers = backbone_config.num_hidden_layers
             if self.tapped_layers is None:
-                self.tapped_layers = (
-                    [num_layers - 1]
-                    if num_layers < 4
-                    else [round(num_layers * (level + 1) / 4) - 1 for level in range(4)]
-                )
+                # DINOv3's own segmentation code taps four even intervals: these are its choices for the released depths.
+                released = {12: [2, 5, 8, 11], 24: [4, 11, 17, 23], 32: [7, 15, 23, 31], 40: [9, 19, 29, 39]}
+                if num_layers in released:
+                    self.tapped_layers = released[num_layers]
+                elif num_layers < 4:
+                    self.tapped_layers = [num_layers - 1]
+                else:
+                    self.tapped_layers = [round(num_layers * (level + 1) / 4) - 1 for level in range(4)]
             if len(self.tapped_layers) not in (1, 4):
                 raise ValueError(f"`tapped_layers` must name 1 or 4 ViT blocks, got {self.tapped_layers}.")
             # The backbone's stage i + 1 is the output of 0-based block i.
