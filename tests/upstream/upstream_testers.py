@@ -46,9 +46,9 @@ from tests.utils.test_configuration_utils import config_common_kwargs
 # `Auto*.register` fills the mappings' extra content but not these static name tables, which `ModelTesterMixin`
 # reads to tell a base model (no loss, skipped by the training tests) from a model with a head.
 UPSTREAM_MAPPING_NAMES = {
-    "MODEL_MAPPING_NAMES": {"mask2former_dinov3": "Mask2FormerDINOv3Model"},
+    "MODEL_MAPPING_NAMES": {"mask2former_dinov3": "Mask2FormerDinov3Model"},
     "MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES": {
-        "mask2former_dinov3": "Mask2FormerDINOv3ForUniversalSegmentation"
+        "mask2former_dinov3": "Mask2FormerDinov3ForUniversalSegmentation"
     },
 }
 
