@@ -5,7 +5,8 @@ from setuptools import find_packages, setup
 
 TRAIN = ["accelerate>=1.0", "datasets>=3.0", "albumentations>=2.0"]
 EXPORT = ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"]
-TEST = TRAIN + EXPORT + ["pytest>=8", "parameterized>=0.9"]
+# ruff as pinned by transformers' setup.py (5.25.0): the upstream port is checked with transformers' ruff settings.
+TEST = TRAIN + EXPORT + ["pytest>=8", "parameterized>=0.9", "ruff==0.14.10"]
 
 setup(
     name="mask2former-dinov3",

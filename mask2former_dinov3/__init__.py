@@ -13,7 +13,7 @@ from transformers import (
     AutoModelForUniversalSegmentation,
 )
 
-from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config
+from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config, Mask2FormerDinov3Config
 from .fast_mask2former import use_fast_units, use_upstream_units
 from .image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
 from .loading import DINOv3CheckpointError
@@ -24,15 +24,25 @@ from .modeling_mask2former_dinov3 import (
     Mask2FormerDINOv3PreTrainedModel,
     Mask2FormerDINOv3SpatialPrior,
     Mask2FormerDINOv3ViTAdapter,
+    Mask2FormerDinov3ConvNextAdapter,
+    Mask2FormerDinov3ForUniversalSegmentation,
+    Mask2FormerDinov3Model,
+    Mask2FormerDinov3PreTrainedModel,
+    Mask2FormerDinov3SpatialPrior,
+    Mask2FormerDinov3ViTAdapter,
 )
 from .presets import PRESETS, DINOv3Preset, default_tapped_layers, get_preset
 
 
 __version__ = "0.3.0"
 
+# Class names follow transformers' casing for combined models (`EomtDinov3`); the `Mask2FormerDINOv3*` names of 0.3.0
+# are the same classes. The image processor keeps its 0.3.0 name (upstream maps the model to Mask2Former's processors).
+Mask2FormerDinov3ImageProcessor = Mask2FormerDINOv3ImageProcessor
+
 
 def _register() -> None:
-    model_type = Mask2FormerDINOv3Config.model_type
+    model_type = Mask2FormerDinov3Config.model_type
     AutoConfig.register(model_type, Mask2FormerDINOv3Config, exist_ok=True)
     AutoModel.register(Mask2FormerDINOv3Config, Mask2FormerDINOv3Model, exist_ok=True)
     AutoModelForUniversalSegmentation.register(
@@ -65,6 +75,14 @@ __all__ = [
     "Mask2FormerDINOv3PreTrainedModel",
     "Mask2FormerDINOv3SpatialPrior",
     "Mask2FormerDINOv3ViTAdapter",
+    "Mask2FormerDinov3Config",
+    "Mask2FormerDinov3ConvNextAdapter",
+    "Mask2FormerDinov3ForUniversalSegmentation",
+    "Mask2FormerDinov3ImageProcessor",
+    "Mask2FormerDinov3Model",
+    "Mask2FormerDinov3PreTrainedModel",
+    "Mask2FormerDinov3SpatialPrior",
+    "Mask2FormerDinov3ViTAdapter",
     "PRESETS",
     "default_tapped_layers",
     "get_preset",

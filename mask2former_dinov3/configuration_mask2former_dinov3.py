@@ -1,4 +1,4 @@
-"""Mask2FormerDINOv3 configuration: Mask2Former with a DINOv3 ViT or ConvNeXt backbone behind an adapter."""
+"""Mask2FormerDinov3 configuration: Mask2Former with a DINOv3 ViT or ConvNeXt backbone behind an adapter."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import copy
 
 from huggingface_hub.dataclasses import strict
 from transformers import Mask2FormerConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.auto import AutoConfig
 
 from .presets import CONVNEXT_TYPE, PRESETS, VIT_TYPE, default_tapped_layers, get_preset
@@ -29,14 +29,14 @@ def check_input_size(height: int, width: int, name: str = "pixel_values") -> Non
         raise ValueError(
             f"{name} must have a height and width that are positive multiples of {INPUT_SIZE_MULTIPLE} (the "
             f"coarsest feature map has stride {INPUT_SIZE_MULTIPLE}), got {height}x{width}. Resize or pad the "
-            f"images (Mask2FormerDINOv3ImageProcessor pads to size_divisor={INPUT_SIZE_MULTIPLE} by default)."
+            f"images (Mask2FormerDinov3ImageProcessor pads to size_divisor={INPUT_SIZE_MULTIPLE} by default)."
         )
 
 
 @strict
-class Mask2FormerDINOv3Config(Mask2FormerConfig):
+class Mask2FormerDinov3Config(Mask2FormerConfig):
     r"""
-    Configuration of a [`Mask2FormerDINOv3Model`]: upstream Mask2Former's pixel decoder and transformer decoder on top
+    Configuration of a [`Mask2FormerDinov3Model`]: upstream Mask2Former's pixel decoder and transformer decoder on top
     of a DINOv3 backbone (transformers' `DINOv3ViTBackbone` or `DINOv3ConvNextBackbone`) and an adapter that turns the
     backbone's features into true stride 4/8/16/32 maps.
 
@@ -106,14 +106,16 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
         elif self.backbone_config is not None:
             # Never mutate the caller's object: the tapped layers are written into our own copy.
             self.backbone_config = copy.deepcopy(self.backbone_config)
-        super().__post_init__(**kwargs)
+        # Mask2FormerConfig defines no __post_init__: name the class that does (transformers' modular converter
+        # inlines the parent's method for `super().m()` and fails on one the parent lacks).
+        PreTrainedConfig.__post_init__(self, **kwargs)
         self._check_and_align_backbone()
 
     def _check_and_align_backbone(self):
         backbone_type = self.backbone_config.model_type
         if backbone_type not in SUPPORTED_BACKBONE_TYPES:
             raise ValueError(
-                f"Mask2FormerDINOv3Config got a `backbone_config` of type {backbone_type!r}; supported types are "
+                f"Mask2FormerDinov3Config got a `backbone_config` of type {backbone_type!r}; supported types are "
                 f"{', '.join(SUPPORTED_BACKBONE_TYPES)} (a DINOv3ViTConfig or DINOv3ConvNextConfig). For other "
                 f"backbones use transformers' Mask2FormerConfig."
             )
@@ -238,15 +240,19 @@ class Mask2FormerDINOv3Config(Mask2FormerConfig):
         return [self.feature_size] * 4
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "Mask2FormerDINOv3Config":
+    def from_preset(cls, name: str, **overrides) -> "Mask2FormerDinov3Config":
         """Config for a released DINOv3 backbone, by preset name (`dinov3-vitb16`) or hub id.
 
         The backbone architecture and the head sizing of the small ViTs (a 3-layer pixel-decoder encoder) come from
         the preset table in `mask2former_dinov3.presets`; `overrides` set any other field (`num_labels`, `id2label`, `encoder_layers=6`, ...).
-        Weights stay random: use `Mask2FormerDINOv3ForUniversalSegmentation.from_dinov3_pretrained` for pretrained ones.
+        Weights stay random: use `Mask2FormerDinov3ForUniversalSegmentation.from_dinov3_pretrained` for pretrained ones.
         """
         preset = get_preset(name)
         return cls(**{"backbone_config": _preset_backbone_config(preset), **preset.head_kwargs, **overrides})
+
+
+# The name up to 0.3.0, kept importable.
+Mask2FormerDINOv3Config = Mask2FormerDinov3Config
 
 
 def _is_preset(name: str) -> bool:
@@ -263,4 +269,4 @@ def _preset_backbone_config(preset):
     return AutoConfig.for_model(preset.backbone_type, **preset.backbone_kwargs)
 
 
-__all__ = ["INPUT_SIZE_MULTIPLE", "Mask2FormerDINOv3Config", "check_input_size"]
+__all__ = ["INPUT_SIZE_MULTIPLE", "Mask2FormerDINOv3Config", "Mask2FormerDinov3Config", "check_input_size"]

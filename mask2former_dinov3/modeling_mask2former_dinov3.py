@@ -7,6 +7,7 @@ as upstream builds it and then run on the faster units of `fast_mask2former` (`c
 """
 
 import contextlib
+import re
 from collections.abc import Sequence
 
 import torch
@@ -23,12 +24,15 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerTransformerModule,
 )
 
-from .configuration_mask2former_dinov3 import ADAPTER_FEATURE_STRIDES, Mask2FormerDINOv3Config, check_input_size
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
+
+from .configuration_mask2former_dinov3 import ADAPTER_FEATURE_STRIDES, Mask2FormerDinov3Config, check_input_size
 from .fast_mask2former import FastMask2FormerForUniversalSegmentation, use_fast_units
 from .presets import VIT_TYPE
 
 
-class Mask2FormerDINOv3LayerNorm2d(nn.LayerNorm):
+class Mask2FormerDinov3LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of a `(batch, channels, height, width)` map (ViTDet's "LN" norm)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -37,9 +41,10 @@ class Mask2FormerDINOv3LayerNorm2d(nn.LayerNorm):
         return hidden_states.permute(0, 3, 1, 2)
 
 
-def _build_norm(kind: str, channels: int) -> nn.Module:
+def build_adapter_norm(kind: str, channels: int) -> nn.Module:
+    """The adapter's normalisation layer: "layer_norm" (channel-wise), "group_norm" (32 groups) or "none"."""
     if kind == "layer_norm":
-        return Mask2FormerDINOv3LayerNorm2d(channels, eps=1e-6)
+        return Mask2FormerDinov3LayerNorm2d(channels, eps=1e-6)
     if kind == "group_norm":
         return nn.GroupNorm(32, channels)
     if kind == "none":
@@ -47,14 +52,41 @@ def _build_norm(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"Unknown adapter norm {kind!r}; expected 'layer_norm', 'group_norm' or 'none'.")
 
 
-def _projection(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=norm == "none"),
-        _build_norm(norm, out_channels),
-    )
+class Mask2FormerDinov3ConvNorm(nn.Module):
+    """Convolution, then the adapter's norm, then GELU if `activation`; the convolution has a bias only where no
+    norm follows to cancel it."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, norm: str = "layer_norm",
+        activation: bool = False,
+    ):  # fmt: skip
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=norm == "none"
+        )
+        self.norm = build_adapter_norm(norm, out_channels)
+        self.activation = nn.GELU() if activation else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.norm(self.conv(hidden_states)))
 
 
-class Mask2FormerDINOv3SpatialPrior(nn.Module):
+class Mask2FormerDinov3Upsample4x(nn.Module):
+    """x4 upsampling of ViT tokens: two 2x transposed convolutions with the adapter's norm and GELU between them."""
+
+    def __init__(self, in_channels: int, norm: str = "layer_norm"):
+        super().__init__()
+        half, quarter = max(in_channels // 2, 1), max(in_channels // 4, 1)
+        self.conv1 = nn.ConvTranspose2d(in_channels, half, kernel_size=2, stride=2)
+        self.norm = build_adapter_norm(norm, half)
+        self.activation = nn.GELU()
+        self.conv2 = nn.ConvTranspose2d(half, quarter, kernel_size=2, stride=2)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.activation(self.norm(self.conv1(hidden_states))))
+
+
+class Mask2FormerDinov3SpatialPrior(nn.Module):
     """Convolutional stem on the pixels that gives the ViT adapter fine detail at strides 4 and 8.
 
     Patch-16 tokens describe each 16x16 patch with one vector, so maps upsampled from them are coarse; this stem (the
@@ -73,32 +105,34 @@ class Mask2FormerDINOv3SpatialPrior(nn.Module):
         super().__init__()
         if len(out_channels) != 2:
             raise ValueError(f"out_channels must give 2 channel counts (strides 4 and 8), got {out_channels}.")
-
-        def conv_block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
-            # A bias only where no norm follows to cancel it.
-            conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=norm == "none")
-            return [conv, _build_norm(norm, c_out), nn.GELU()]
-
-        self.stem = nn.Sequential(
-            *conv_block(in_channels, width // 2, 2), *conv_block(width // 2, width, 2), *conv_block(width, width, 1)
+        self.stem = nn.ModuleList(
+            [
+                Mask2FormerDinov3ConvNorm(c_in, c_out, 3, stride=stride, norm=norm, activation=True)
+                for c_in, c_out, stride in ((in_channels, width // 2, 2), (width // 2, width, 2), (width, width, 1))
+            ]
         )
-        self.downsample = nn.Sequential(*conv_block(width, 2 * width, 2))
+        self.downsample = Mask2FormerDinov3ConvNorm(width, 2 * width, 3, stride=2, norm=norm, activation=True)
         self.projections = nn.ModuleList(
-            [_projection(width, out_channels[0], norm), _projection(2 * width, out_channels[1], norm)]
+            [
+                Mask2FormerDinov3ConvNorm(width, out_channels[0], norm=norm),
+                Mask2FormerDinov3ConvNorm(2 * width, out_channels[1], norm=norm),
+            ]
         )
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        stride4 = self.stem(pixel_values)
+        stride4 = pixel_values
+        for layer in self.stem:
+            stride4 = layer(stride4)
         stride8 = self.downsample(stride4)
         return self.projections[0](stride4), self.projections[1](stride8)
 
 
-class Mask2FormerDINOv3ViTAdapter(nn.Module):
+class Mask2FormerDinov3ViTAdapter(nn.Module):
     """ViTDet-style simple feature pyramid: stride-16 ViT tokens -> maps at strides 4, 8, 16 and 32.
 
     Level k takes tapped layer k (or the single tapped layer for all levels) and resamples it: two 2x transposed
     convolutions (x4), one (x2), identity (x1) or 2x2 max-pooling (x0.5); a 1x1 convolution + norm then projects
-    each level to `out_channels[k]`. With `spatial_prior_channels`, a `Mask2FormerDINOv3SpatialPrior` stem on the
+    each level to `out_channels[k]`. With `spatial_prior_channels`, a `Mask2FormerDinov3SpatialPrior` stem on the
     pixels is added to the stride-4 and stride-8 levels.
 
     Args:
@@ -130,12 +164,7 @@ class Mask2FormerDINOv3ViTAdapter(nn.Module):
         self.out_channels = list(out_channels)
         self.resample = nn.ModuleList(
             [
-                nn.Sequential(
-                    nn.ConvTranspose2d(embed_dim, half, kernel_size=2, stride=2),
-                    _build_norm(norm, half),
-                    nn.GELU(),
-                    nn.ConvTranspose2d(half, quarter, kernel_size=2, stride=2),
-                ),
+                Mask2FormerDinov3Upsample4x(embed_dim, norm=norm),
                 nn.ConvTranspose2d(embed_dim, half, kernel_size=2, stride=2),
                 nn.Identity(),
                 nn.MaxPool2d(kernel_size=2, stride=2),
@@ -143,12 +172,12 @@ class Mask2FormerDINOv3ViTAdapter(nn.Module):
         )
         resampled_channels = (quarter, half, embed_dim, embed_dim)
         self.projections = nn.ModuleList(
-            [_projection(c_in, c_out, norm) for c_in, c_out in zip(resampled_channels, self.out_channels)]
+            [Mask2FormerDinov3ConvNorm(c_in, c_out, norm=norm) for c_in, c_out in zip(resampled_channels, out_channels)]
         )
         self.spatial_prior = (
             None
             if spatial_prior_channels is None
-            else Mask2FormerDINOv3SpatialPrior(
+            else Mask2FormerDinov3SpatialPrior(
                 out_channels=self.out_channels[:2], width=spatial_prior_channels, norm=norm
             )
         )
@@ -169,7 +198,7 @@ class Mask2FormerDINOv3ViTAdapter(nn.Module):
         return tuple(levels)
 
 
-class Mask2FormerDINOv3ConvNextAdapter(nn.Module):
+class Mask2FormerDinov3ConvNextAdapter(nn.Module):
     """Passes the four ConvNeXt stages (already at strides 4, 8, 16, 32) on, optionally projected.
 
     Args:
@@ -192,7 +221,7 @@ class Mask2FormerDINOv3ConvNextAdapter(nn.Module):
         else:
             self.out_channels = list(out_channels)
             self.projections = nn.ModuleList(
-                [_projection(c_in, c_out, norm) for c_in, c_out in zip(in_channels, out_channels)]
+                [Mask2FormerDinov3ConvNorm(c_in, c_out, norm=norm) for c_in, c_out in zip(in_channels, out_channels)]
             )
 
     def forward(
@@ -202,30 +231,43 @@ class Mask2FormerDINOv3ConvNextAdapter(nn.Module):
         return tuple(project(x) for x, project in zip(features, self.projections))
 
 
-def build_adapter(config: Mask2FormerDINOv3Config, backbone_channels: Sequence[int]) -> nn.Module:
+def build_adapter(config: Mask2FormerDinov3Config, backbone_channels: Sequence[int]) -> nn.Module:
     """The adapter that matches `config.backbone_config` (ViT or ConvNeXt)."""
+    # CODEPATH: the backbone family decides the adapter; both give maps at strides 4, 8, 16 and 32.
     if config.backbone_config.model_type == VIT_TYPE:
-        return Mask2FormerDINOv3ViTAdapter(
+        return Mask2FormerDinov3ViTAdapter(
             embed_dim=config.backbone_config.hidden_size,
             out_channels=config.adapter_output_channels,
             num_inputs=len(config.tapped_layers),
             norm=config.adapter_norm,
             spatial_prior_channels=config.adapter_spatial_prior_channels if config.adapter_spatial_prior else None,
         )
-    return Mask2FormerDINOv3ConvNextAdapter(
+    return Mask2FormerDinov3ConvNextAdapter(
         in_channels=backbone_channels, out_channels=config.adapter_channels, norm=config.adapter_norm
     )
 
 
-class Mask2FormerDINOv3PixelLevelModule(Mask2FormerPixelLevelModule):
+class Mask2FormerDinov3PixelDecoder(Mask2FormerPixelDecoder):
+    """Upstream Mask2Former's pixel decoder, under this model's name (transformers' modular convention)."""
+
+
+class Mask2FormerDinov3PixelLevelModuleOutput(Mask2FormerPixelLevelModuleOutput):
+    """Upstream Mask2Former's pixel-level module output, under this model's name."""
+
+
+class Mask2FormerDinov3TransformerModule(Mask2FormerTransformerModule):
+    """Upstream Mask2Former's transformer module (queries, masked-attention decoder), under this model's name."""
+
+
+class Mask2FormerDinov3PixelLevelModule(Mask2FormerPixelLevelModule):
     """Upstream's pixel-level module with a DINOv3 backbone (`encoder`) and an `adapter` in front of the decoder."""
 
-    def __init__(self, config: Mask2FormerDINOv3Config):
+    def __init__(self, config: Mask2FormerDinov3Config):
         # Not the parent's __init__: it would build a decoder for the backbone's raw (stride-16) channels.
         nn.Module.__init__(self)
         self.encoder = AutoBackbone.from_config(config.backbone_config)
         self.adapter = build_adapter(config, self.encoder.channels)
-        self.decoder = Mask2FormerPixelDecoder(config, feature_channels=self.adapter.out_channels)
+        self.decoder = Mask2FormerDinov3PixelDecoder(config, feature_channels=self.adapter.out_channels)
         self.freeze_backbone = config.freeze_backbone
         self.freeze_untrainable_parameters()
 
@@ -243,14 +285,17 @@ class Mask2FormerDINOv3PixelLevelModule(Mask2FormerPixelLevelModule):
         if mask_token is not None:
             mask_token.requires_grad_(False)
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False) -> Mask2FormerPixelLevelModuleOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> Mask2FormerDinov3PixelLevelModuleOutput:
+        # Mask2FormerModel passes `output_hidden_states` (transformers' model-structure rules keep output flags out of
+        # forward signatures): the backbone maps are returned only when asked for.
+        output_hidden_states = kwargs.get("output_hidden_states", False)
         check_input_size(*pixel_values.shape[-2:])
         # A frozen backbone keeps no activations for backward.
         with torch.no_grad() if self.freeze_backbone else contextlib.nullcontext():
             backbone_features = self.encoder(pixel_values).feature_maps
         pyramid = self.adapter(backbone_features, pixel_values)
         decoder_output = self.decoder(pyramid, output_hidden_states=output_hidden_states)
-        return Mask2FormerPixelLevelModuleOutput(
+        return Mask2FormerDinov3PixelLevelModuleOutput(
             encoder_last_hidden_state=backbone_features[-1],
             encoder_hidden_states=tuple(backbone_features) if output_hidden_states else None,
             decoder_last_hidden_state=decoder_output.mask_features,
@@ -258,16 +303,16 @@ class Mask2FormerDINOv3PixelLevelModule(Mask2FormerPixelLevelModule):
         )
 
 
-def _select_units(module: nn.Module, config: Mask2FormerDINOv3Config) -> None:
+def _select_units(module: nn.Module, config: Mask2FormerDinov3Config) -> None:
     # After construction, so that the modules and their random initialisation are exactly upstream's.
     if config.mask2former_units == "fast":
         use_fast_units(module)
 
 
-class Mask2FormerDINOv3PreTrainedModel(Mask2FormerPreTrainedModel):
-    """Weight initialisation, freezing and capabilities shared by the Mask2FormerDINOv3 models."""
+class Mask2FormerDinov3PreTrainedModel(Mask2FormerPreTrainedModel):
+    """Weight initialisation, freezing and capabilities shared by the Mask2FormerDinov3 models."""
 
-    config: Mask2FormerDINOv3Config
+    config: Mask2FormerDinov3Config
     # Upstream Mask2Former sets neither: its decoder layers and DINOv3's layers are GradientCheckpointingLayers, and
     # the attention implementation is dispatched to the DINOv3 backbone (Mask2Former's own attention is eager).
     supports_gradient_checkpointing = True
@@ -297,7 +342,7 @@ class Mask2FormerDINOv3PreTrainedModel(Mask2FormerPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As upstream's `from_pretrained`, then re-freezes what the model keeps frozen (see
-        `Mask2FormerDINOv3PixelLevelModule.freeze_untrainable_parameters`): transformers' loader recreates every loaded
+        `Mask2FormerDinov3PixelLevelModule.freeze_untrainable_parameters`): transformers' loader recreates every loaded
         parameter with `requires_grad=True`, which would silently undo `freeze_backbone`."""
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
@@ -345,7 +390,8 @@ class Mask2FormerDINOv3PreTrainedModel(Mask2FormerPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
-        if isinstance(module, (Mask2FormerDINOv3ViTAdapter, Mask2FormerDINOv3ConvNextAdapter)):
+        super()._init_weights(module)
+        if isinstance(module, (Mask2FormerDinov3ViTAdapter, Mask2FormerDinov3ConvNextAdapter)):
             # Adapter convolutions use detectron2's c2_xavier_fill (kaiming-uniform, a=1; zero bias), as ViTDet's
             # simple feature pyramid does; norms start as identity.
             for submodule in module.modules():
@@ -356,33 +402,31 @@ class Mask2FormerDINOv3PreTrainedModel(Mask2FormerPreTrainedModel):
                 elif isinstance(submodule, (nn.LayerNorm, nn.GroupNorm)):
                     init.ones_(submodule.weight)
                     init.zeros_(submodule.bias)
-        else:
-            super()._init_weights(module)
 
 
-class Mask2FormerDINOv3Model(Mask2FormerModel, Mask2FormerDINOv3PreTrainedModel):
+class Mask2FormerDinov3Model(Mask2FormerModel, Mask2FormerDinov3PreTrainedModel):
     """Mask2Former model (no task head) with a DINOv3 backbone; outputs as `Mask2FormerModel`."""
 
-    config: Mask2FormerDINOv3Config
+    config: Mask2FormerDinov3Config
 
-    def __init__(self, config: Mask2FormerDINOv3Config):
+    def __init__(self, config: Mask2FormerDinov3Config):
         # Upstream's, except for the pixel-level module.
-        Mask2FormerDINOv3PreTrainedModel.__init__(self, config)
-        self.pixel_level_module = Mask2FormerDINOv3PixelLevelModule(config)
-        self.transformer_module = Mask2FormerTransformerModule(in_features=config.feature_size, config=config)
+        Mask2FormerDinov3PreTrainedModel.__init__(self, config)
+        self.pixel_level_module = Mask2FormerDinov3PixelLevelModule(config)
+        self.transformer_module = Mask2FormerDinov3TransformerModule(in_features=config.feature_size, config=config)
         _select_units(self, config)
         self.post_init()
 
 
-class Mask2FormerDINOv3ForUniversalSegmentation(FastMask2FormerForUniversalSegmentation, Mask2FormerDINOv3PreTrainedModel):
+class Mask2FormerDinov3ForUniversalSegmentation(FastMask2FormerForUniversalSegmentation, Mask2FormerDinov3PreTrainedModel):
     """Mask2Former with a DINOv3 backbone and heads for instance, semantic and panoptic segmentation."""
 
-    config: Mask2FormerDINOv3Config
+    config: Mask2FormerDinov3Config
 
-    def __init__(self, config: Mask2FormerDINOv3Config):
+    def __init__(self, config: Mask2FormerDinov3Config):
         # Upstream's, except for the base model class.
-        Mask2FormerDINOv3PreTrainedModel.__init__(self, config)
-        self.model = Mask2FormerDINOv3Model(config)
+        Mask2FormerDinov3PreTrainedModel.__init__(self, config)
+        self.model = Mask2FormerDinov3Model(config)
         self.weight_dict: dict[str, float] = {
             "loss_cross_entropy": config.class_weight,
             "loss_mask": config.mask_weight,
@@ -411,7 +455,7 @@ class Mask2FormerDINOv3ForUniversalSegmentation(FastMask2FormerForUniversalSegme
                 original ViT `.pth` file. The backbone architecture is the checkpoint's (its `config.json`, or for a
                 `.pth` inferred from its tensor shapes and checked against its file name), never guessed.
             head: optional hub id or folder of a Mask2Former checkpoint (upstream's, e.g.
-                `facebook/mask2former-swin-small-coco-instance`, or a Mask2FormerDINOv3 one). Its pixel decoder and
+                `facebook/mask2former-swin-small-coco-instance`, or a Mask2FormerDinov3 one). Its pixel decoder and
                 transformer decoder tensors are copied where shapes match, its class head only when the label set
                 matches. Decoder sizes (and the labels, unless `num_labels` / `id2label` are given) follow the head.
             preset (`str`, keyword): an architecture to insist on (`"dinov3-vits16"` or a hub id); a checkpoint
@@ -424,7 +468,7 @@ class Mask2FormerDINOv3ForUniversalSegmentation(FastMask2FormerForUniversalSegme
                 `ignored` (checkpoint keys not used, with the reason; head ones prefixed `head:`), `skipped`
                 (head tensors not transferred, with the reason and shapes), `backbone_checkpoint`,
                 `backbone_preset`, `head_checkpoint`.
-            **kwargs: any other `Mask2FormerDINOv3Config` field (`num_labels`, `id2label`, `tapped_layers`,
+            **kwargs: any other `Mask2FormerDinov3Config` field (`num_labels`, `id2label`, `tapped_layers`,
                 `adapter_channels`, ...).
 
         `config.backbone_checkpoint` records the backbone's name (hub id, folder name or file name; never a local
@@ -444,6 +488,58 @@ class Mask2FormerDINOv3ForUniversalSegmentation(FastMask2FormerForUniversalSegme
         return load_dinov3_pretrained(cls, backbone, head=head, **kwargs)
 
 
+def _legacy_adapter_key_renamings() -> list[WeightRenaming]:
+    """Renamings between the adapter's parameter names in 0.3.0 checkpoints and the modules of this version.
+
+    Up to 0.3.0 the adapter was built from `nn.Sequential`s (`projections.K.0` / `.1`, `resample.0.0` / `.1` / `.3`,
+    `spatial_prior.stem.0` ... `.7`, `spatial_prior.downsample.0` / `.1`); transformers' model-structure rules do not
+    allow `nn.Sequential`, so the same layers now have names. transformers applies renamings one after the other (in
+    reverse order when saving), so the order matters: a rule that produces `stem.K.` comes after the rule that reads
+    `stem.K.`, so that no key is renamed twice.
+    """
+    pairs = []
+    for level in range(4):
+        pairs += [(f"adapter.projections.{level}.0.", f"adapter.projections.{level}.conv."),
+                  (f"adapter.projections.{level}.1.", f"adapter.projections.{level}.norm.")]  # fmt: skip
+    pairs += [
+        ("adapter.resample.0.0.", "adapter.resample.0.conv1."),
+        ("adapter.resample.0.1.", "adapter.resample.0.norm."),
+        ("adapter.resample.0.3.", "adapter.resample.0.conv2."),
+        ("adapter.spatial_prior.downsample.0.", "adapter.spatial_prior.downsample.conv."),
+        ("adapter.spatial_prior.downsample.1.", "adapter.spatial_prior.downsample.norm."),
+    ]
+    for block in range(3):
+        pairs += [(f"adapter.spatial_prior.stem.{3 * block}.", f"adapter.spatial_prior.stem.{block}.conv."),
+                  (f"adapter.spatial_prior.stem.{3 * block + 1}.", f"adapter.spatial_prior.stem.{block}.norm.")]  # fmt: skip
+    for level in range(2):
+        pairs += [(f"adapter.spatial_prior.projections.{level}.0.", f"adapter.spatial_prior.projections.{level}.conv."),
+                  (f"adapter.spatial_prior.projections.{level}.1.", f"adapter.spatial_prior.projections.{level}.norm.")]  # fmt: skip
+    return [
+        WeightRenaming(
+            source_patterns=re.escape(f"pixel_level_module.{old}"),
+            target_patterns=re.escape(f"pixel_level_module.{new}"),
+        )
+        for old, new in pairs
+    ]
+
+
+# transformers' own key-mapping mechanism: loading renames 0.3.0 keys to this version's modules, and saving renames
+# them back (as it does for DINOv3's `layer.*` keys), so that checkpoints keep one layout across versions: 0.3.0 code
+# (e.g. a `trust_remote_code` copy) loads checkpoints saved by this version, and this version loads 0.3.0's.
+register_checkpoint_conversion_mapping(
+    Mask2FormerDinov3Config.model_type, _legacy_adapter_key_renamings(), overwrite=True
+)
+
+# The names up to 0.3.0, kept importable (and `from_pretrained` of checkpoints saved under them works: the model type
+# did not change).
+Mask2FormerDINOv3ConvNextAdapter = Mask2FormerDinov3ConvNextAdapter
+Mask2FormerDINOv3ForUniversalSegmentation = Mask2FormerDinov3ForUniversalSegmentation
+Mask2FormerDINOv3Model = Mask2FormerDinov3Model
+Mask2FormerDINOv3PixelLevelModule = Mask2FormerDinov3PixelLevelModule
+Mask2FormerDINOv3PreTrainedModel = Mask2FormerDinov3PreTrainedModel
+Mask2FormerDINOv3SpatialPrior = Mask2FormerDinov3SpatialPrior
+Mask2FormerDINOv3ViTAdapter = Mask2FormerDinov3ViTAdapter
+
 __all__ = [
     "Mask2FormerDINOv3ConvNextAdapter",
     "Mask2FormerDINOv3ForUniversalSegmentation",
@@ -452,4 +548,18 @@ __all__ = [
     "Mask2FormerDINOv3PreTrainedModel",
     "Mask2FormerDINOv3SpatialPrior",
     "Mask2FormerDINOv3ViTAdapter",
+    "Mask2FormerDinov3ConvNextAdapter",
+    "Mask2FormerDinov3ConvNorm",
+    "Mask2FormerDinov3ForUniversalSegmentation",
+    "Mask2FormerDinov3Model",
+    "Mask2FormerDinov3PixelDecoder",
+    "Mask2FormerDinov3PixelLevelModule",
+    "Mask2FormerDinov3PixelLevelModuleOutput",
+    "Mask2FormerDinov3PreTrainedModel",
+    "Mask2FormerDinov3SpatialPrior",
+    "Mask2FormerDinov3TransformerModule",
+    "Mask2FormerDinov3Upsample4x",
+    "Mask2FormerDinov3ViTAdapter",
+    "build_adapter",
+    "build_adapter_norm",
 ]

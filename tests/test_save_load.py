@@ -40,8 +40,8 @@ def test_saved_folder_is_safetensors_with_code_and_auto_map(saved):
     config = json.loads((directory / "config.json").read_text())
     assert config["model_type"] == "mask2former_dinov3"
     assert config["auto_map"]["AutoModelForUniversalSegmentation"].endswith(
-        "modeling_mask2former_dinov3.Mask2FormerDINOv3ForUniversalSegmentation")
-    assert config["auto_map"]["AutoConfig"].endswith("Mask2FormerDINOv3Config")
+        "modeling_mask2former_dinov3.Mask2FormerDinov3ForUniversalSegmentation")
+    assert config["auto_map"]["AutoConfig"].endswith("Mask2FormerDinov3Config")
     # Exactly the code the model needs to build and run: no CLI, no checkpoint conversion or loading code.
     model_code = {"modeling_mask2former_dinov3.py", "configuration_mask2former_dinov3.py", "presets.py",
                   "image_processing_mask2former_dinov3.py", "intensity.py", "fast_mask2former.py", "private_api.py"}  # fmt: skip
@@ -115,13 +115,13 @@ def test_checkpoint_saved_before_the_spatial_prior_reloads_as_it_was(tmp_path):
 
 def test_fresh_process_after_importing_the_package(saved):
     stdout = run_fresh(FRESH_PROCESS.format(import_package=True, directory=str(saved[0])))
-    assert "MODEL mask2former_dinov3.modeling_mask2former_dinov3 Mask2FormerDINOv3ForUniversalSegmentation" in stdout
+    assert "MODEL mask2former_dinov3.modeling_mask2former_dinov3 Mask2FormerDinov3ForUniversalSegmentation" in stdout
     assert "PROCESSOR Mask2FormerDINOv3ImageProcessor" in stdout
 
 
 def test_fresh_process_with_trust_remote_code_and_no_import(saved):
     stdout = run_fresh(FRESH_PROCESS.format(import_package=False, directory=str(saved[0])))
-    assert "MODEL transformers_modules." in stdout and "Mask2FormerDINOv3ForUniversalSegmentation" in stdout
+    assert "MODEL transformers_modules." in stdout and "Mask2FormerDinov3ForUniversalSegmentation" in stdout
     assert "PROCESSOR Mask2FormerDINOv3ImageProcessor" in stdout
     assert "IMPORTED False" in stdout
 
@@ -258,3 +258,72 @@ def test_model_card_usage_snippets_run_verbatim_without_the_package(task, tmp_pa
                           stdin=subprocess.DEVNULL, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "RESULT" in done.stdout
+
+
+# Up to 0.3.0 the adapter was built from nn.Sequential, so its parameters were numbered; from 0.4.0 they have names.
+_NAMED_TO_0_3_0 = (
+    (r"(adapter\.resample\.0)\.conv1\.", r"\1.0."),
+    (r"(adapter\.resample\.0)\.norm\.", r"\1.1."),
+    (r"(adapter\.resample\.0)\.conv2\.", r"\1.3."),
+    (r"(projections\.\d)\.conv\.", r"\1.0."),
+    (r"(projections\.\d)\.norm\.", r"\1.1."),
+    (r"(downsample)\.conv\.", r"\1.0."),
+    (r"(downsample)\.norm\.", r"\1.1."),
+)
+
+
+def _key_in_0_3_0(key: str) -> str:
+    import re
+
+    stem = re.search(r"spatial_prior\.stem\.(\d)\.(conv|norm)\.", key)
+    if stem:
+        index = 3 * int(stem.group(1)) + (stem.group(2) == "norm")
+        return key[: stem.start()] + f"spatial_prior.stem.{index}." + key[stem.end() :]
+    for pattern, replacement in _NAMED_TO_0_3_0:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+@pytest.mark.parametrize("backbone", ["vit", "convnext"])
+def test_checkpoint_written_by_0_3_0_loads_with_equal_outputs(tmp_path, backbone):
+    """A checkpoint in 0.3.0's layout (numbered adapter keys, 0.3.0 class names in config.json) loads through
+    transformers' key mapping into this version's named modules, with equal outputs, by the old and the new names and
+    through the Auto class; and `save_pretrained` still writes that layout, so 0.3.0 code can load new checkpoints."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mask2former_dinov3 import Mask2FormerDinov3ForUniversalSegmentation
+
+    torch.manual_seed(0)
+    overrides = {"adapter_channels": [32, 32, 32, 32]} if backbone == "convnext" else {}
+    model = Mask2FormerDinov3ForUniversalSegmentation(tiny_config(backbone, **overrides)).eval()
+    legacy_state = {_key_in_0_3_0(key): tensor.contiguous() for key, tensor in model.state_dict().items()}
+    renamed = sorted(key for key in legacy_state if key not in model.state_dict())
+    assert any(".projections.0.0.weight" in key for key in renamed)
+    if backbone == "vit":
+        assert "model.pixel_level_module.adapter.spatial_prior.stem.7.weight" in renamed
+        assert "model.pixel_level_module.adapter.resample.0.3.weight" in renamed
+
+    legacy_dir = tmp_path / "written_by_0_3_0"
+    legacy_dir.mkdir()
+    save_file(legacy_state, legacy_dir / "model.safetensors", metadata={"format": "pt"})
+    config = model.config.to_dict()
+    config["architectures"] = ["Mask2FormerDINOv3ForUniversalSegmentation"]
+    config["auto_map"] = {
+        "AutoConfig": "configuration_mask2former_dinov3.Mask2FormerDINOv3Config",
+        "AutoModelForUniversalSegmentation": "modeling_mask2former_dinov3.Mask2FormerDINOv3ForUniversalSegmentation",
+    }
+    (legacy_dir / "config.json").write_text(json.dumps(config))
+
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(pixel_values).masks_queries_logits
+        for load in (Mask2FormerDINOv3ForUniversalSegmentation, AutoModelForUniversalSegmentation):
+            loaded, info = load.from_pretrained(legacy_dir, output_loading_info=True)
+            assert not info["missing_keys"] and not info["unexpected_keys"], info
+            torch.testing.assert_close(loaded.eval()(pixel_values).masks_queries_logits, expected, rtol=0, atol=0)
+
+    model.save_pretrained(tmp_path / "saved_now")
+    with safe_open(tmp_path / "saved_now" / "model.safetensors", "pt") as saved:
+        adapter_keys = {key for key in saved.keys() if ".adapter." in key}
+    assert adapter_keys == {key for key in legacy_state if ".adapter." in key}

@@ -182,6 +182,23 @@ def _put_cache_on_sys_path() -> None:
             del sys.modules[name]
 
 
+def sdist_file(name: str) -> Path:
+    """The sdist's file `name` (e.g. "pyproject.toml", which holds transformers' ruff settings), cached next to the
+    mixins; downloads the sdist once more if an earlier run did not extract it. Raises `RuntimeError` if unavailable."""
+    cached = CACHE_DIR / "sdist" / name
+    if cached.is_file():
+        return cached
+    CACHE_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR.parent, prefix=".download-") as tmp:
+        archive = _download_sdist(Path(tmp))
+        with tarfile.open(archive, "r:gz") as tar:
+            member = tar.extractfile(f"transformers-{TRANSFORMERS_VERSION}/{name}")
+            if member is None:
+                raise RuntimeError(f"the transformers {TRANSFORMERS_VERSION} sdist has no {name}")
+            _write_atomic(cached, member.read())
+    return cached
+
+
 def prepare() -> UpstreamState:
     """Fetch (or reuse) the upstream mixins and make them importable; never raises, records the outcome in `STATE`."""
     if STATE.attempted:

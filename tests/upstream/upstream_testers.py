@@ -46,9 +46,9 @@ from tests.utils.test_configuration_utils import config_common_kwargs
 # `Auto*.register` fills the mappings' extra content but not these static name tables, which `ModelTesterMixin`
 # reads to tell a base model (no loss, skipped by the training tests) from a model with a head.
 UPSTREAM_MAPPING_NAMES = {
-    "MODEL_MAPPING_NAMES": {"mask2former_dinov3": "Mask2FormerDINOv3Model"},
+    "MODEL_MAPPING_NAMES": {"mask2former_dinov3": "Mask2FormerDinov3Model"},
     "MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES": {
-        "mask2former_dinov3": "Mask2FormerDINOv3ForUniversalSegmentation"
+        "mask2former_dinov3": "Mask2FormerDinov3ForUniversalSegmentation"
     },
 }
 
@@ -458,6 +458,16 @@ class Mask2FormerDINOv3ModelTestMixin:
                     self.assertEqual(frozen, set())
                 # The head always trains.
                 self.assertTrue(all(p.requires_grad for p in candidate.class_predictor.parameters()))
+
+    def test_reverse_loading_mapping(self, *args, **kwargs):
+        """Upstream's check of the package's renamings of 0.3.0 checkpoint keys (every renaming must match a key).
+
+        The renamings concern the adapter's parameters; an identity ConvNeXt adapter (the ConvNeXt tester's) has
+        none, so there the test cannot apply (the ViT tester's adapter has every renamed layer).
+        """
+        if not any(".adapter." in name for name, _ in Mask2FormerDINOv3Model(self.model_tester.get_config()).named_parameters()):
+            self.skipTest("the identity ConvNeXt adapter has no parameters, so no 0.3.0 key renaming can apply")
+        super().test_reverse_loading_mapping(*args, **kwargs)
 
     @unittest.skip(reason="Mask2FormerDINOv3 does not use token embeddings (upstream Mask2Former and EoMT: same skip)")
     def test_resize_tokens_embeddings(self):
