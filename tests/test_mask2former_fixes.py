@@ -134,3 +134,37 @@ def test_get_num_masks_averages_over_processes_once(tmp_path):
         results.append(json.loads(stdout.strip().splitlines()[-1]))
     assert [r["upstream"] for r in results] == [1.0, 1.0]
     assert [r["fixed"] for r in results] == [2.0, 2.0]
+
+
+def _training_step_gradients(model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    torch.manual_seed(2)  # the loss samples its points at random
+    loss = model(**inputs).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing(tmp_path):
+    """Upstream refuses `gradient_checkpointing_enable()`; fixed: the decoder layers are checkpointed (also when the
+    caller asks for reentrant checkpointing), and a training step gives the loss and gradients of one without it."""
+    fixed = import_patched(patched_modeling_file("0003-gradient-checkpointing.patch", tmp_path), "_fix_0003")
+    torch.manual_seed(0)
+    upstream_model = modeling_mask2former.Mask2FormerForUniversalSegmentation(_tiny_config()).train()
+    with pytest.raises(ValueError, match="does not support"):
+        upstream_model.gradient_checkpointing_enable()
+    fixed_model = fixed.Mask2FormerForUniversalSegmentation(_tiny_config()).train()
+    fixed_model.load_state_dict(upstream_model.state_dict())
+    inputs = {
+        "pixel_values": torch.randn(2, 3, 64, 64),
+        "mask_labels": [(torch.rand(2, 64, 64) > 0.5).float(), (torch.rand(1, 64, 64) > 0.5).float()],
+        "class_labels": [torch.tensor([0, 2]), torch.tensor([1])],
+    }
+    reference_loss, reference_grads = _training_step_gradients(fixed_model, inputs)
+    fixed_model.gradient_checkpointing_enable({"use_reentrant": True})
+    decoder_layers = fixed_model.model.transformer_module.decoder.layers
+    assert all(layer.gradient_checkpointing for layer in decoder_layers)
+    loss, grads = _training_step_gradients(fixed_model, inputs)
+    torch.testing.assert_close(loss, reference_loss)
+    assert grads.keys() == reference_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-4, atol=1e-6, msg=name)
