@@ -154,12 +154,7 @@ DOCUMENTED_SKIPS["test_reverse_loading_mapping"] = (
 )
 
 # Skips allowed only for the upstream port's test file (test_upstream_port.py), not for the package's own tests.
-PORT_ONLY_SKIPS = {
-    "test_enable_input_require_grads_with_gradient_checkpointing": (
-        "the port, like upstream Mask2Former, does not support gradient checkpointing "
-        "(`supports_gradient_checkpointing = False`); the package supports it and runs this test"
-    ),
-}
+PORT_ONLY_SKIPS: dict[str, str] = {}  # none since upstream/mask2former_fixes/0003 (gradient checkpointing)
 
 
 def explain_skip(nodeid: str) -> str | None:

@@ -2197,11 +2197,24 @@ class Mask2FormerDinov3PreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The backbone's layers and the masked-attention decoder layers are `GradientCheckpointingLayer`s
+    supports_gradient_checkpointing = True
     # The attention implementation is dispatched to the DINOv3 backbone; Mask2Former's own attention is eager.
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
     _no_split_modules = ["Mask2FormerDinov3MaskedAttentionDecoderLayer"]
+
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs=None, every_n_layers: int = 1, offload: bool = False
+    ):
+        # Always non-reentrant: the decoder hands every layer the pixel decoder's features inside a list, and
+        # reentrant checkpointing detaches only tensor arguments, so each recomputation would backpropagate through
+        # the pixel decoder's graph a second time
+        activation_checkpointing_kwargs = {**(activation_checkpointing_kwargs or {}), "use_reentrant": False}
+        super().activation_checkpointing_enable(
+            activation_checkpointing_kwargs, every_n_layers=every_n_layers, offload=offload
+        )
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
