@@ -4,19 +4,21 @@
 so that `import transformers.models.mask2former_dinov3` imports the port's own files (as it would in a transformers
 checkout with the PR applied), and the port's `tests/models` folder to a `tests.models` package next to the sdist's
 common test files (`upstream_harness`), so that its test file's relative imports (`from ...test_modeling_common`)
-resolve. `port_auto_mappings()` patches, for one test, the auto-mapping entries that `upstream/transformers.patch`
-adds in-tree, and hides the package's own registration of the same model type.
+resolve. `port_auto_mappings()` gives, for one test, the auto-mapping entries that `upstream/transformers.patch` adds
+in-tree, in place of the package's own registration of the same model type (public APIs only).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 import types
 from pathlib import Path
 from unittest import mock
 
 import transformers.models
+from transformers import AutoConfig, AutoModel, AutoModelForUniversalSegmentation
 from transformers import conversion_mapping
 from transformers.models.auto import configuration_auto, modeling_auto
 
@@ -64,13 +66,27 @@ def mount() -> None:
 
 @contextlib.contextmanager
 def port_auto_mappings():
-    """The port's auto-mapping entries, and none of the package's `Auto*.register` entries for the same type."""
+    """The port's auto-mapping entries in place of the package's registration of the same model type, for one test.
+
+    Public APIs only: the `*_MAPPING_NAMES` tables are patched as `upstream/transformers.patch` edits them, and the
+    port's classes are registered with `AutoConfig.register` / `Auto*.register(exist_ok=True)`, which take precedence
+    over those tables as the package's own registration did; the package's config is registered again afterwards.
+    """
+    port = importlib.import_module(f"transformers.models.{MODEL_TYPE}")
+    try:
+        package_config = configuration_auto.CONFIG_MAPPING[MODEL_TYPE]  # registered by `import mask2former_dinov3`
+    except KeyError:
+        package_config = None
     with contextlib.ExitStack() as stack:
         for (module, table), entries in PORT_MAPPING_NAMES.items():
             stack.enter_context(mock.patch.dict(getattr(module, table), entries))
-        for mapping in (modeling_auto.MODEL_MAPPING, modeling_auto.MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING):
-            # Built from CONFIG_MAPPING_NAMES when transformers was imported: config class name -> model type.
-            stack.enter_context(mock.patch.dict(mapping._reverse_config_mapping, {"Mask2FormerDinov3Config": MODEL_TYPE}))
+        AutoConfig.register(MODEL_TYPE, port.Mask2FormerDinov3Config, exist_ok=True)
+        AutoModel.register(port.Mask2FormerDinov3Config, port.Mask2FormerDinov3Model, exist_ok=True)
+        AutoModelForUniversalSegmentation.register(
+            port.Mask2FormerDinov3Config, port.Mask2FormerDinov3ForUniversalSegmentation, exist_ok=True
+        )
+        if package_config is not None and package_config is not port.Mask2FormerDinov3Config:
+            stack.callback(AutoConfig.register, MODEL_TYPE, package_config, exist_ok=True)
         # The package's renamings of its 0.3.0 checkpoint keys are registered for the same model type; the PR adds none.
         package_renamings = conversion_mapping.get_checkpoint_conversion_mapping(MODEL_TYPE)
         if package_renamings is not None:
@@ -78,8 +94,4 @@ def port_auto_mappings():
             stack.callback(
                 conversion_mapping.register_checkpoint_conversion_mapping, MODEL_TYPE, package_renamings, overwrite=True
             )
-        extra = configuration_auto.CONFIG_MAPPING._extra_content
-        if MODEL_TYPE in extra:
-            stack.enter_context(mock.patch.dict(extra))
-            del extra[MODEL_TYPE]
         yield
