@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-__all__ = ["OVERLAY_MIN_SIDE", "distinct_segments", "draw_segments"]
+__all__ = ["OVERLAY_MIN_SIDE", "distinct_segments", "draw_segments", "label_font"]
 
 
 def _palette(n: int) -> np.ndarray:
@@ -60,7 +60,8 @@ def distinct_segments(
     return kept
 
 
-def _font(size: int):
+def label_font(size: int):
+    """PIL's default font at `size` pixels (its small bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only its small bitmap font
@@ -87,7 +88,7 @@ def draw_segments(
     canvas = np.asarray(base.resize(size, Image.BILINEAR) if scale > 1 else base, dtype=np.float32).copy()
     palette = _palette(len(names))
     keep = distinct_segments(masks, scores)
-    font = _font(max(12, round(min(size) / 32)))
+    font = label_font(max(12, round(min(size) / 32)))
     if not keep and empty_text:
         grey = canvas.mean(axis=-1, keepdims=True) * 0.35 + 40
         result = Image.fromarray(np.repeat(grey, 3, axis=-1).clip(0, 255).astype(np.uint8))

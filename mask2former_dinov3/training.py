@@ -41,7 +41,7 @@ from .metrics import (
     SemanticSegmentationEvaluator,
     instance_prediction_from_post_processed,
 )
-from .overlays import _font, draw_segments
+from .overlays import draw_segments, label_font
 from .tiling import predict_tiled
 
 
@@ -583,7 +583,7 @@ def save_prediction_overlays(
         right = draw_segments(image, masks, labels, names, scores,
                               empty_text=f"no prediction above threshold {threshold:g}")  # fmt: skip
         width, height = left.size
-        font = _font(max(12, round(min(width, height) / 32)))
+        font = label_font(max(12, round(min(width, height) / 32)))
         header_height = font.getbbox("Ag")[3] + 6
         panel = Image.new("RGB", (2 * width + 4, height + header_height), (255, 255, 255))
         panel.paste(left, (0, header_height))
