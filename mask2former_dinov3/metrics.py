@@ -6,29 +6,24 @@ Three accumulators share one pattern:
     for batch in loader:
         ...
         evaluator.update(ground_truths, predictions, image_ids=batch_image_ids)
-    metrics = evaluator.compute()        # gathers every rank's images first when torch.distributed is initialised
+    metrics = evaluator.compute()        # or compute(records) with the merged records of every process
 
 * `InstanceSegmentationEvaluator`: COCO mask AP computed by pycocotools (`COCOeval`, `iouType="segm"`).
 * `SemanticSegmentationEvaluator`: mIoU, per-class IoU and pixel accuracy from a confusion matrix.
 * `PanopticQualityEvaluator`: PQ / SQ / RQ (overall, things, stuff, per class) with the COCO panoptic rules.
 
-Every evaluator keeps one record per image, keyed by an image id. `state()` returns those records as a picklable
-dict, `merge(states)` adds other evaluators' records, and `compute()` all-gathers the states of every rank (with
-`torch.distributed.all_gather_object`) before computing, so that N shards give the same result as one process.
-
-Image ids and counting each image once: pass `image_ids` (e.g. dataset indices or COCO image ids) to `update`.
-`DistributedSampler` pads the last round by giving some images to two ranks; an image id seen in several merged
-states is counted once (the copy from the first state merged, i.e. the lowest rank). Without `image_ids` the
-evaluator numbers images itself as `(shard_id, counter)`, where `shard_id` defaults to the process's rank: ids never
-collide across ranks, but padded duplicates cannot be recognised, and two in-process evaluators must be given
-different `shard_id`s before their states are merged (a collision raises).
+Every evaluator keeps one record per image in `records` (image id -> record, picklable), so evaluation across
+processes is a gather of records: `compute(records)` over the records of every process equals a single process's
+result, whatever the split (records are taken in image-id order). `Mask2FormerTrainer` needs no gather of its own
+(Trainer's gather already drops the images the distributed sampler repeated); its tiled evaluation gathers the
+records with `accelerate.utils.gather_object`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +34,6 @@ __all__ = [
     "InstanceSegmentationEvaluator",
     "PanopticQualityEvaluator",
     "SemanticSegmentationEvaluator",
-    "gather_states",
     "instance_prediction_from_post_processed",
 ]
 
@@ -47,34 +41,8 @@ _NAN = float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Shared machinery: image keys, state merging, all-gather
+# Shared machinery: per-image records
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _distributed_world() -> tuple[int, int]:
-    """(rank, world size) of the default torch.distributed group, (0, 1) when it is not initialised."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # torch is a dependency of the package, but the metrics themselves do not need it
-        return 0, 1
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_states(state: dict) -> list[dict]:
-    """Every rank's `state` in rank order (`all_gather_object`), or `[state]` without torch.distributed.
-
-    A collective call: when torch.distributed is initialised, every rank must call it.
-    """
-    _, world_size = _distributed_world()
-    if world_size == 1:
-        return [state]
-    import torch.distributed as dist
-
-    gathered: list[Any] = [None] * world_size
-    dist.all_gather_object(gathered, state)
-    return gathered
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -83,40 +51,17 @@ def _to_numpy(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def _normalise_image_id(image_id: Any) -> int | str:
-    if hasattr(image_id, "item") and not isinstance(image_id, (str, bytes)):
-        image_id = image_id.item()
-    if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
-        raise ValueError(
-            f"image ids must be ints or strings (e.g. dataset indices or COCO image ids); got {image_id!r} of type "
-            f"{type(image_id).__name__}."
-        )
-    return image_id
-
-
 def _sort_key(key: Hashable) -> tuple:
-    # A canonical order that does not depend on how images were split into shards: pycocotools breaks score ties by
-    # image order, and float sums depend on summation order.
-    if isinstance(key, tuple):  # automatic id: ("auto", shard_id, counter)
-        return (2, key[1], "", key[2])
-    if isinstance(key, int):
-        return (0, key, "", 0)
-    return (1, 0, key, 0)
+    # A canonical order that does not depend on how images were split into processes: pycocotools breaks score ties
+    # by image order, and float sums depend on summation order.
+    return (0, key, "") if isinstance(key, int) else (1, 0, str(key))
 
 
-class _ImageRecordAccumulator:
-    """Per-image records keyed by image id, with picklable state, merging and distributed gathering."""
+class _ImageRecords:
+    """Per-image records keyed by image id (`records`); `compute` turns any such records into metrics."""
 
-    _kind = "base"
-
-    def __init__(self, shard_id: int | None = None):
-        self._shard_id = shard_id
-        self._records: dict[Hashable, Any] = {}
-        self._auto_counter = 0
-
-    # -- subclass interface
-    def _config(self) -> dict:
-        raise NotImplementedError
+    def __init__(self):
+        self.records: dict[Hashable, Any] = {}
 
     def _compute_from_records(self, records: list[Any]) -> dict:
         raise NotImplementedError
@@ -128,105 +73,32 @@ class _ImageRecordAccumulator:
     def _per_image(items: Any, what: str) -> list:
         return _as_list(items, what)
 
-    # -- public API
     def update(self, ground_truths: Any, predictions: Any, image_ids: Sequence[int | str] | None = None) -> None:
         """Add images: one ground truth and one prediction per image, in the subclass's format (a single image, a
-        list, or, for semantic maps, a `(B, H, W)` batch). `image_ids` name them; an id seen again replaces its record."""
+        list, or, for semantic maps, a `(B, H, W)` batch), named by `image_ids` (default: the next free numbers)."""
         ground_truths = self._per_image(ground_truths, "ground_truths")
         predictions = self._per_image(predictions, "predictions")
         if len(ground_truths) != len(predictions):
             raise ValueError(f"Got {len(ground_truths)} ground truths but {len(predictions)} predictions.")
-        records = [self._record(gt, pred, i) for i, (gt, pred) in enumerate(zip(ground_truths, predictions))]
-        for key, record in zip(self._keys_for(len(records), image_ids), records):
-            self._records[key] = record
+        if image_ids is None:
+            image_ids = range(len(self.records), len(self.records) + len(ground_truths))
+        image_ids = [i.item() if hasattr(i, "item") else i for i in image_ids]
+        if len(image_ids) != len(ground_truths):
+            raise ValueError(f"Got {len(image_ids)} image_ids for {len(ground_truths)} images; pass one id per image.")
+        for image_id, gt, pred in zip(image_ids, ground_truths, predictions):
+            if image_id in self.records:
+                raise ValueError(f"Image id {image_id!r} was already added; each image must be added once.")
+            self.records[image_id] = self._record(gt, pred, image_id)
 
-    @property
-    def num_images(self) -> int:
-        """Number of images added to this evaluator (locally, before any gathering)."""
-        return len(self._records)
-
-    def reset(self) -> None:
-        """Forget every image added so far."""
-        self._records = {}
-        self._auto_counter = 0
-
-    def state(self) -> dict:
-        """This evaluator's configuration and per-image records as a picklable dict (for `merge` / all-gather)."""
-        return {"kind": self._kind, "config": self._config(), "records": dict(self._records)}
-
-    def merge(self, states: dict | Iterable[dict]) -> None:
-        """Add the images of other evaluators' `state()`s to this one.
-
-        An image id already present is skipped (images that `DistributedSampler` padding gave to two ranks count
-        once). Automatic ids from the same shard are different images, so such a collision raises a `ValueError`.
-        """
-        if isinstance(states, Mapping):
-            states = [states]
-        for state in states:
-            if not isinstance(state, Mapping) or "records" not in state:
-                raise ValueError("merge() takes the dicts returned by state(), or a list of them.")
-            if state.get("kind") != self._kind:
-                raise ValueError(f"Cannot merge a {state.get('kind')!r} evaluator's state into a {self._kind!r} one.")
-            if state["config"] != self._config():
-                raise ValueError(
-                    f"Cannot merge states of differently configured evaluators: {state['config']} vs "
-                    f"{self._config()}. Build every shard's evaluator with the same arguments."
-                )
-            for key, record in state["records"].items():
-                if key not in self._records:
-                    self._records[key] = record
-                elif isinstance(key, tuple):
-                    raise ValueError(
-                        f"Two merged states both hold the automatically numbered image {key[2]} of shard {key[1]}. "
-                        f"Give each in-process shard its own `shard_id=` when constructing the evaluator, or pass "
-                        f"`image_ids=` to update()."
-                    )
-
-    def compute(self, sync: bool = True) -> dict:
-        """The metrics over every image added; with `sync` (default) over every rank's images.
-
-        With torch.distributed initialised and `sync=True` this is a collective call (all ranks must call it) and
-        every rank gets the same result. The local records are left untouched, so `compute` may be called again.
-        """
-        states = gather_states(self.state()) if sync else [self.state()]
-        merged = self._empty_like()
-        merged.merge(states)
-        if not merged._records:
+    def compute(self, records: dict | None = None) -> dict:
+        """The metrics over `records` (default: this evaluator's; pass the merged records of every process)."""
+        records = self.records if records is None else records
+        if not records:
             raise ValueError(f"{type(self).__name__}.compute() was called before any image was added with update().")
-        keys = sorted(merged._records, key=_sort_key)
-        result = self._compute_from_records([merged._records[k] for k in keys])
+        keys = sorted(records, key=_sort_key)
+        result = self._compute_from_records([records[k] for k in keys])
         result["num_images"] = len(keys)
         return result
-
-    # -- helpers
-    def _empty_like(self) -> "_ImageRecordAccumulator":
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone._records = {}
-        clone._auto_counter = 0
-        return clone
-
-    def _keys_for(self, count: int, image_ids: Sequence | None) -> list[Hashable]:
-        if image_ids is None:
-            if self._shard_id is None:
-                # Resolved at first use: the evaluator may be built before init_process_group.
-                self._shard_id = _distributed_world()[0]
-            keys = [("auto", self._shard_id, self._auto_counter + i) for i in range(count)]
-            self._auto_counter += count
-            return keys
-        image_ids = list(image_ids)
-        if len(image_ids) != count:
-            raise ValueError(f"Got {len(image_ids)} image_ids for {count} images; pass one id per image.")
-        keys = [_normalise_image_id(i) for i in image_ids]
-        seen = set()
-        for key in keys:
-            if key in self._records or key in seen:
-                raise ValueError(
-                    f"Image id {key!r} was already added to this evaluator. Each image must be added once; use "
-                    f"unique ids (e.g. dataset indices)."
-                )
-            seen.add(key)
-        return keys
 
 
 def _as_list(items: Any, what: str) -> list:
@@ -386,7 +258,7 @@ def _coco_annotation(annotation_id: int, image_id: int, label: int, rle: dict, i
     }
 
 
-class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
+class InstanceSegmentationEvaluator(_ImageRecords):
     """COCO mask AP (pycocotools `COCOeval`, `iouType="segm"`), accumulated image by image.
 
     Ground truth, one dict per image:
@@ -403,7 +275,6 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
             category set and `map_per_class` is keyed by name; other labels raise. Otherwise the categories are the
             labels seen in ground truth or predictions, and `map_per_class` is keyed by id.
         max_detections: detections per image kept by COCOeval (its largest `maxDets`; COCO uses 100).
-        shard_id: prefix of automatic image ids (defaults to the torch.distributed rank); see the module docstring.
         area_ranges: `{"small": (low, high), "medium": ..., "large": ...}` in pixels, for `map_small/medium/large`
             (default: COCO's absolute ranges, < 32², 32²-96², > 96²). Data whose size classes are defined otherwise
             (e.g. relative to the image, as the synthetic shapes) pass their own so the report matches them.
@@ -414,24 +285,18 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
     without any ground truth are NaN in `map_per_class` and, as in COCO, do not enter `map`.
     """
 
-    _kind = "instance"
-
     def __init__(
         self,
         class_names: Mapping[int, str] | Sequence[str] | None = None,
         max_detections: int = 100,
-        shard_id: int | None = None,
         area_ranges: Mapping[str, Sequence[float]] | None = None,
     ):
-        super().__init__(shard_id=shard_id)
+        super().__init__()
         self.class_names = _class_names(class_names)
         if max_detections < 1:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}.")
         self.max_detections = int(max_detections)
         self.area_ranges = _area_ranges(area_ranges)
-
-    def _config(self) -> dict:
-        return {"class_names": self.class_names, "max_detections": self.max_detections, "area_ranges": self.area_ranges}
 
     def _record(self, gt: Mapping, pred: Mapping, index: int) -> dict:
         for what, item, required in (
@@ -549,7 +414,7 @@ def _area_ranges(area_ranges: Mapping[str, Sequence[float]] | None) -> dict[str,
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
+class SemanticSegmentationEvaluator(_ImageRecords):
     """Mean IoU, per-class IoU and pixel accuracy from an accumulated confusion matrix.
 
     `update(ground_truths, predictions, image_ids=None)` takes per image an `(H, W)` map of class ids (numpy or
@@ -559,23 +424,19 @@ class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
         num_classes: class ids are 0 .. num_classes - 1.
         ignore_index: ground-truth value of pixels that are not evaluated (default 255; `None` for none).
         class_names: optional names (list, index = id, or dict id -> name) keying `per_class_iou`.
-        shard_id: prefix of automatic image ids; see the module docstring.
 
     `compute()` returns `mean_iou` (mean over classes present in ground truth or prediction; a class absent from
     both has NaN IoU and is left out), `per_class_iou`, `pixel_accuracy`, `mean_accuracy` (mean per-class recall
     over classes present in ground truth) and `num_images`.
     """
 
-    _kind = "semantic"
-
     def __init__(
         self,
         num_classes: int,
         ignore_index: int | None = 255,
         class_names: Mapping[int, str] | Sequence[str] | None = None,
-        shard_id: int | None = None,
     ):
-        super().__init__(shard_id=shard_id)
+        super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
         self.num_classes = int(num_classes)
@@ -586,9 +447,6 @@ class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
                 f"0..{num_classes - 1} (e.g. 255)."
             )
         self.class_names = _class_names(class_names)
-
-    def _config(self) -> dict:
-        return {"num_classes": self.num_classes, "ignore_index": self.ignore_index, "class_names": self.class_names}
 
     @staticmethod
     def _per_image(maps: Any, what: str) -> list[np.ndarray]:
@@ -630,12 +488,10 @@ class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
         flat = np.flatnonzero(counts)
         return flat.astype(np.int64), counts[flat].astype(np.int64)
 
-    def confusion_matrix(self, sync: bool = True) -> np.ndarray:
-        """`(num_classes, num_classes)` pixel counts, rows = ground truth, columns = prediction."""
-        states = gather_states(self.state()) if sync else [self.state()]
-        merged = self._empty_like()
-        merged.merge(states)
-        return self._confusion(list(merged._records.values()))
+    def confusion_matrix(self, records: dict | None = None) -> np.ndarray:
+        """`(num_classes, num_classes)` pixel counts of `records` (default: this evaluator's), rows = ground truth,
+        columns = prediction."""
+        return self._confusion(list((self.records if records is None else records).values()))
 
     def _confusion(self, records) -> np.ndarray:
         size = self.num_classes**2
@@ -685,7 +541,7 @@ def _panoptic_parts(item: Mapping, what: str) -> tuple[np.ndarray, list[Mapping]
     return id_map.astype(np.int64), list(item["segments_info"])
 
 
-class PanopticQualityEvaluator(_ImageRecordAccumulator):
+class PanopticQualityEvaluator(_ImageRecords):
     """Panoptic quality (PQ = SQ x RQ) with the COCO panoptic rules.
 
     Per image:
@@ -706,19 +562,14 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
         categories: `[{"id", "name", "isthing"}, ...]` (or a dict id -> {"name", "isthing"}); ids are the class ids
             used in both ground truth and predictions (for Mask2Former, its label ids).
         void_id: ground-truth segment id of void pixels (default 0).
-        shard_id: prefix of automatic image ids; see the module docstring.
 
     `compute()` returns `pq`, `sq`, `rq`, the same with `_things` / `_stuff` suffixes, `pq_per_class` (name ->
     PQ; NaN for categories left out), `per_class` (name -> {"pq", "sq", "rq", "tp", "fp", "fn"}), `num_categories`
     (`{"all", "things", "stuff"}` counted in the averages) and `num_images`.
     """
 
-    _kind = "panoptic"
-
-    def __init__(
-        self, categories: Sequence[Mapping] | Mapping[int, Mapping], void_id: int = 0, shard_id: int | None = None
-    ):
-        super().__init__(shard_id=shard_id)
+    def __init__(self, categories: Sequence[Mapping] | Mapping[int, Mapping], void_id: int = 0):
+        super().__init__()
         if isinstance(categories, Mapping):
             categories = [{"id": k, **v} for k, v in categories.items()]
         parsed = {}
@@ -730,9 +581,6 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
             raise ValueError("categories is empty: list every thing and stuff category with its 'isthing' flag.")
         self.categories = parsed
         self.void_id = int(void_id)
-
-    def _config(self) -> dict:
-        return {"categories": self.categories, "void_id": self.void_id}
 
     def _segments(self, segments: list[Mapping], what: str, label_keys: tuple[str, ...]) -> dict[int, tuple[int, int]]:
         parsed = {}

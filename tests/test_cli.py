@@ -12,7 +12,8 @@ from collections import Counter
 import pytest
 
 from mask2former_dinov3.data import InstanceCount, count_instances, CocoSegmentationSource
-from mask2former_dinov3.finetune import ModelArguments, choose_num_queries, main
+from mask2former_dinov3.arguments import ModelArguments
+from mask2former_dinov3.finetune import choose_num_queries, main
 from mask2former_dinov3.synthetic import SyntheticConfig, write_coco_dataset
 
 

@@ -22,7 +22,7 @@ from mask2former_dinov3.data import (
     crop_sample,
     random_crop_window,
 )
-from mask2former_dinov3.finetune import CommandLineError, crop_size, parse_args
+from mask2former_dinov3.arguments import CommandLineError, crop_size, parse_args
 from mask2former_dinov3.image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
 from mask2former_dinov3.tiling import Window
 

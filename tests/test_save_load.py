@@ -227,7 +227,7 @@ def test_model_card_usage_snippets_run_verbatim_without_the_package(task, tmp_pa
     the package (pipeline and Auto classes through trust_remote_code, no interactive prompt: stdin is closed)."""
     import re
 
-    from mask2former_dinov3.training import write_model_card
+    from mask2former_dinov3.training import ModelCardDetails, model_card_sections
 
     folder = tmp_path / "my-model"
     torch.manual_seed(0)
@@ -237,8 +237,8 @@ def test_model_card_usage_snippets_run_verbatim_without_the_package(task, tmp_pa
         model.class_predictor.bias[-1] = -10.0
     model.save_pretrained(folder)
     Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
-    card = write_model_card(str(folder), config, task, None, {}, "a test set")
-    blocks = re.findall(r"```python\n(.*?)```", open(card).read(), flags=re.S)
+    card = model_card_sections(config, ModelCardDetails(task=task, dataset_description="a test set"), folder.name)
+    blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
     assert len(blocks) == 2 and "pipeline(" in blocks[0]
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(tmp_path / "image.jpg")
     check = textwrap.dedent(
