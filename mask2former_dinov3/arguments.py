@@ -313,7 +313,8 @@ def parse_args(argv: list[str] | None = None):
         except json.JSONDecodeError as error:
             raise CommandLineError(f"{argv[0]}: not valid JSON ({error.msg} at line {error.lineno}).") from error
         return model_args, DataTrainingArguments.from_parts(*data_parts), training_args
-    if not any(given(argv, f) for f in DATA_FLAGS + MODEL_FLAGS):
+    # --help shows the offline default beside each flag's own default (it is not the default of every run).
+    if not any(given(argv, f) for f in DATA_FLAGS + MODEL_FLAGS + ("help",)) and "-h" not in argv:
         parser.set_defaults(**OFFLINE_DEFAULT)
     if not any(given(argv, f) for f in ("do_train", "do_eval", "do_predict")):
         parser.set_defaults(do_train=True, do_eval=True)
