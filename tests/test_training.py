@@ -331,7 +331,7 @@ def test_panoptic_run_on_hf_format_reports_pq(tmp_path, tiny_model_dir):
 
 
 def test_offline_default_smoke(tmp_path):
-    # The offline default path (no data, no model argument), shortened: the full run is measured in the README.
+    # The offline default path (no data, no model argument), shortened: the full run is measured in docs/finetuning.md.
     out = str(tmp_path / "out")
     main(["--output_dir", out, "--max_steps", "2", "--synthetic_train_samples", "8", "--synthetic_eval_samples", "4",
           "--synthetic_image_size", "64", "--num_overlay_images", "1", *SMALL])  # fmt: skip
