@@ -59,6 +59,7 @@ def dense_coco(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the script in a new interpreter
 def test_missing_data_dir_is_named_in_one_line(tmp_path):
     missing = str(tmp_path / "no-such-folder")
     result = _run("--data_dir", missing, "--output_dir", str(tmp_path / "out"))
@@ -68,6 +69,7 @@ def test_missing_data_dir_is_named_in_one_line(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr and "does not exist" in result.stderr
 
 
+@pytest.mark.slow  # the script in new interpreters (5 runs)
 def test_truncated_coco_json_and_unknown_preset_and_bad_value(tmp_path):
     paths = write_coco_dataset(tmp_path / "coco", num_train=2, num_valid=1, config=SyntheticConfig(image_size=32))
     text = paths["train"].read_text()
@@ -84,6 +86,7 @@ def test_truncated_coco_json_and_unknown_preset_and_bad_value(tmp_path):
     assert not os.path.exists(out)  # nothing was written
 
 
+@pytest.mark.slow  # the script in a new interpreter
 def test_help_groups_flags_in_order_and_explains_them():
     result = _run("--help")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -161,6 +161,7 @@ FRESH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a new interpreter
 def test_processor_loaded_with_trust_remote_code_normalises_alike(tmp_path):
     image, _ = blob_image(64, 64)
     _pil_16(image).save(tmp_path / "blobs.png")

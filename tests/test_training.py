@@ -397,6 +397,7 @@ LOSS_WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # torchrun: two processes
 def test_two_process_loss_is_normalised_by_the_global_number_of_masks(tmp_path):
     script = tmp_path / "loss_worker.py"
     script.write_text(LOSS_WORKER)
@@ -418,6 +419,7 @@ def test_two_process_loss_is_normalised_by_the_global_number_of_masks(tmp_path):
             assert value == pytest.approx(ref["losses"][name] * factor, rel=1e-5, abs=1e-7), name
 
 
+@pytest.mark.slow  # torchrun: two processes
 def test_two_process_training_and_evaluation_match_a_single_process(tmp_path, tiny_model_dir, coco_root):
     ddp_out, single_out = str(tmp_path / "ddp"), str(tmp_path / "single")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
