@@ -26,6 +26,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, check_input_size
 from .data import DataError
+from .loading import looks_like_path
 from .presets import get_preset
 from .training import MAIN_METRIC
 
@@ -354,16 +355,6 @@ def crop_size(data_args: DataTrainingArguments) -> tuple[int, int] | None:
     return int(height), int(width)
 
 
-def _looks_local(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; a leading ./ / ~, more slashes, a backslash or a file suffix mean a path.
-    return (
-        name.startswith((".", "/", "~"))
-        or name.count("/") > 1
-        or "\\" in name
-        or name.endswith((".pth", ".pt", ".safetensors", ".json", ".bin"))
-    )
-
-
 def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
     """Fail fast, before any data is read, on contradictory model flags, an unknown preset and paths that do not
     exist (`CommandLineError` naming the flag and the path)."""
@@ -387,7 +378,7 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
             raise CommandLineError(f"--{flag} {path} {what}.")
     for args, flag in ((data_args, "dataset_name"), *((model_args, f) for f in (*MODEL_FLAGS, "head_name_or_path"))):
         name = getattr(args, flag)
-        if flag == "preset" or not name or os.path.exists(name) or not _looks_local(name):
+        if flag == "preset" or not name or os.path.exists(name) or not looks_like_path(name):
             continue
         raise CommandLineError(
             f"--{flag} {name} does not exist (read as a local path; Hub repositories are named like org/name)."

@@ -471,9 +471,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if tile_size is not None:  # the crop is the training size: the saved processor's, the augmentation's, the tiles'
         data_args.image_height, data_args.image_width = tile_size
     check_input_size(data_args.image_height, data_args.image_width, name="--image_height/--image_width")
-    # Every process inspects the output folder before any process writes to it.
-    with training_args.main_process_first(desc="output folder check"):
-        checkpoint = resolve_checkpoint(training_args)
+    checkpoint = resolve_checkpoint(training_args)
+    _ = training_args.device  # sets up the distributed state: every process inspects the output folder before any
+    training_args.distributed_state.wait_for_everyone()  # process writes to it
     set_seed(training_args.seed)
 
     # Data: sources and label map; the densest training image (from the annotations only) sizes the queries.

@@ -78,7 +78,7 @@ def checkpoint_name(source: str | os.PathLike) -> str:
     return path.name
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     """True for strings that can only be meant as local paths (hub ids are ``name`` or ``org/name``)."""
     return (
         source.startswith((".", "/", "~"))
@@ -146,7 +146,7 @@ def _resolve_backbone(backbone, preset, backbone_config, hub_kwargs):
     """Where the backbone comes from and its architecture, before any weight is read (except a .pth's)."""
     source = os.fspath(backbone)
     if not os.path.exists(source):
-        if _looks_like_path(source):
+        if looks_like_path(source):
             raise FileNotFoundError(
                 f"Backbone {source!r} does not exist: expected a hub id (e.g. 'facebook/dinov3-vits16-pretrain-"
                 f"lvd1689m'), a DINOv3 preset name, a folder saved with save_pretrained or a Meta .pth file."
@@ -410,5 +410,6 @@ __all__ = [
     "HEAD_ARCHITECTURE_FIELDS",
     "architecture",
     "checkpoint_name",
+    "looks_like_path",
     "load_dinov3_pretrained",
 ]

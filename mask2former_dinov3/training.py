@@ -652,14 +652,10 @@ def model_card_sections(config, details: ModelCardDetails, folder: str) -> str:
               for i, name in sorted(config.id2label.items())]  # fmt: skip
     lines += ["", "### Evaluation", ""]
     if metrics:
+        # Trainer's card lists every metric above; this section adds the per-class table and how it was computed.
         clean = {k.removeprefix("eval_"): v for k, v in metrics.items()}
-        main_keys = {"instance": ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"],
-                     "semantic": ["mean_iou", "pixel_accuracy", "mean_accuracy"],
-                     "panoptic": ["pq", "sq", "rq", "pq_things", "pq_stuff"]}[task]  # fmt: skip
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_format(clean[k])} |" for k in [*main_keys, "loss"] if k in clean]
-        if "num_images" in clean:
-            lines.append(f"| images | {int(clean['num_images'])} |")
+        main = MAIN_METRIC[task]
+        lines.append(f"{main}: {_format(clean.get(main, math.nan))} on {int(clean.get('num_images', 0))} images.")
         prefix, name = {"instance": ("map", "mask AP"), "semantic": ("iou", "IoU"), "panoptic": ("pq", "PQ")}[task]
         per_class = [(label, clean.get(f"{prefix}_{re.sub(r'[^0-9A-Za-z_-]+', '_', label)}"))
                      for label in config.id2label.values()]  # fmt: skip

@@ -129,6 +129,7 @@ def test_choose_num_queries_for_presets_and_user_settings():
     assert choose_num_queries(ModelArguments(model_name_or_path="my/model"), dense)[0] is None
 
 
+@pytest.mark.slow  # a training run on dense images (test_choose_num_queries covers the rule fast)
 def test_dense_training_raises_num_queries_and_says_so(tmp_path, dense_coco, caplog):
     root, _, largest = dense_coco
     out = str(tmp_path / "out")

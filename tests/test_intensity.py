@@ -220,6 +220,7 @@ def test_dataset_items_equal_the_processor_on_the_16_bit_file(tmp_path):
         SegmentationDataset(source, "instance", upstream)[0]
 
 
+@pytest.mark.slow  # a training run (16-bit input is covered fast by the dataset and processor tests)
 def test_fine_tuning_on_16_bit_coco_trains_evaluates_and_draws_the_structures(tmp_path):
     from mask2former_dinov3.finetune import main
     from mask2former_dinov3.overlays import draw_segments

@@ -259,7 +259,7 @@ def test_coco_folder_instance_run_outputs_and_resume(tmp_path, tiny_model_dir, c
         # Two 64-px panels, each enlarged to 512 px so that labels can be read, under a header line.
         assert overlay.size[0] == 2 * 512 + 4 and 512 < overlay.size[1] < 560
     card = open(os.path.join(out, "README.md")).read()
-    assert "| map |" in card and "### Training settings" in card and "backbone LR multiplier | 0.1 |" in card
+    assert "\n- Map: " in card and "map: " in card and "| circle |" in card and "backbone LR multiplier | 0.1 |" in card
     assert "random initialisation" in card  # no config.backbone_checkpoint on this model
     assert f"fine-tuned from `{os.path.basename(tiny_model_dir)}`" in card and "COCO-format data (`coco" in card
     _assert_names_no_local_folder(card, tmp_path, Path(tiny_model_dir).parent, Path(coco_root).parent)
@@ -314,6 +314,7 @@ def _hf_panoptic_dataset(root):
     return root
 
 
+@pytest.mark.slow  # a training run with bf16 autocast on CPU
 def test_panoptic_run_on_hf_format_reports_pq(tmp_path, tiny_model_dir):
     data = _hf_panoptic_dataset(str(tmp_path / "hf"))
     out = str(tmp_path / "out")
