@@ -232,13 +232,6 @@ class SegmentationTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs every field of the dataset items."}
     )
-    batch_eval_metrics: bool = field(
-        default=True,
-        metadata={"help": "Kept True: the segmentation metrics are accumulated batch by batch (as transformers' example)."},
-    )
-    eval_do_concat_batches: bool = field(
-        default=False, metadata={"help": "Kept False: evaluation batches are never concatenated (see batch_eval_metrics)."}
-    )
     # Trainer's own --debug takes values; bare, it only asks this script for full tracebacks (see `cli`).
     debug: str = field(
         default="",
@@ -361,21 +354,19 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
     chosen = [f for f in MODEL_FLAGS if getattr(model_args, f)]
     if len(chosen) > 1:
         raise CommandLineError(f"pass only one of --{' / --'.join(MODEL_FLAGS)}; got --{' and --'.join(chosen)}.")
+    if model_args.head_name_or_path and not model_args.backbone_name_or_path:
+        raise CommandLineError("--head_name_or_path goes with --backbone_name_or_path.")
     if model_args.preset:
         try:
             get_preset(model_args.preset)
         except ValueError as error:
             raise CommandLineError(f"--preset: {error}") from None
-    for flag in ("data_dir", "train_image_dir", "validation_image_dir", "test_image_dir"):
-        path = getattr(data_args, flag)
-        if path and not os.path.isdir(path):
-            what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
-            raise CommandLineError(f"--{flag} {path} {what}.")
-    for flag in ("train_annotation_file", "validation_annotation_file", "test_annotation_file"):
-        path = getattr(data_args, flag)
-        if path and not os.path.isfile(path):
-            what = "is a folder, not a COCO JSON file" if os.path.isdir(path) else "does not exist"
-            raise CommandLineError(f"--{flag} {path} {what}.")
+    splits = ("train", "validation", "test")
+    for flag in ("data_dir", *(f"{s}_image_dir" for s in splits), *(f"{s}_annotation_file" for s in splits)):
+        path, is_dir = getattr(data_args, flag), not flag.endswith("_file")
+        if path and not (os.path.isdir if is_dir else os.path.isfile)(path):
+            kind = "is a file, not a folder" if is_dir else "is a folder, not a COCO JSON file"
+            raise CommandLineError(f"--{flag} {path} {kind if os.path.exists(path) else 'does not exist'}.")
     for args, flag in ((data_args, "dataset_name"), *((model_args, f) for f in (*MODEL_FLAGS, "head_name_or_path"))):
         name = getattr(args, flag)
         if flag == "preset" or not name or os.path.exists(name) or not looks_like_path(name):

@@ -25,7 +25,6 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import (
-    MODEL_FLAGS,
     DataTrainingArguments,
     ModelArguments,
     check_arguments,
@@ -309,15 +308,11 @@ def build_model(
     model_args: ModelArguments, data_args: DataTrainingArguments, label_map: LabelMap, num_queries: int | None = None
 ):
     """`(model, image_processor, pretrained)`: the model with a head for `label_map`, the processor configured with
-    the training size, and whether weights were loaded (which sets the default backbone LR multiplier).
+    the training size, and whether weights were loaded (which sets the default backbone LR multiplier). The model
+    flags were checked by `arguments.check_arguments`.
 
     `num_queries` (see `choose_num_queries`) sets the queries of a new model; an existing checkpoint keeps its own.
     """
-    chosen = [f for f in MODEL_FLAGS if getattr(model_args, f)]
-    if len(chosen) > 1:
-        raise ValueError(f"Pass only one of --{' / --'.join(MODEL_FLAGS)}; got {', '.join(chosen)}.")
-    if model_args.head_name_or_path and not model_args.backbone_name_or_path:
-        raise ValueError("--head_name_or_path goes with --backbone_name_or_path.")
     labels = {"id2label": label_map.id2label, "label2id": label_map.label2id}
     overrides = parse_config_overrides(model_args.config_overrides)
     if num_queries is not None and not model_args.model_name_or_path:
@@ -338,12 +333,6 @@ def build_model(
         processor_kwargs = _processor_normalisation(model_args.model_name_or_path, model_args)
         pretrained = True
     elif model_args.backbone_name_or_path:
-        if not hasattr(cls, "from_dinov3_pretrained"):
-            raise NotImplementedError(
-                "--backbone_name_or_path needs Mask2FormerDINOv3ForUniversalSegmentation.from_dinov3_pretrained, which "
-                "this version of mask2former_dinov3 does not have yet. Use --preset (random-init backbone) or "
-                "--model_name_or_path."
-            )
         hub_kwargs = {k: v for k, v in (("token", model_args.token), ("cache_dir", model_args.cache_dir)) if v}
         model = cls.from_dinov3_pretrained(
             model_args.backbone_name_or_path,
@@ -448,8 +437,8 @@ def card_settings(trainer, data_args, model_args, bundle, queries_note: str) -> 
         "training images": len(bundle.train) if bundle.train is not None else 0,
         "validation images": len(bundle.validation) if bundle.validation is not None else 0,
         "processes": trainer.args.world_size,
-        "backbone LR multiplier": trainer.backbone_lr_multiplier,
-        "layer-wise LR decay": trainer.layer_decay if trainer.layer_decay is not None else "none",
+        "backbone LR multiplier": trainer.args.backbone_lr_multiplier,
+        "layer-wise LR decay": trainer.args.layer_decay if trainer.args.layer_decay is not None else "none",
         "gradient clipping (max norm)": trainer.args.max_grad_norm,
         "gradient checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", False)),
         "frozen backbone": model_args.freeze_backbone,
@@ -503,7 +492,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset = SegmentationDataset(bundle.validation, data_args.task, image_processor, for_evaluation=True,
                                            native_crops=native)  # fmt: skip
 
-    backbone_lr_multiplier = training_args.backbone_lr_multiplier
+    if training_args.backbone_lr_multiplier is None:  # Mask2Former's 0.1 for pretrained weights
+        training_args.backbone_lr_multiplier = 0.1 if pretrained else 1.0
     trainer = Mask2FormerTrainer(
         model=model,
         args=training_args,
@@ -514,8 +504,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         task=data_args.task,
         label_map=label_map,
         image_processor=image_processor,
-        backbone_lr_multiplier=backbone_lr_multiplier if backbone_lr_multiplier is not None else 0.1 if pretrained else 1.0,
-        layer_decay=training_args.layer_decay,
         instance_threshold=data_args.instance_threshold,
         panoptic_threshold=data_args.panoptic_threshold,
         tile_size=tile_size,

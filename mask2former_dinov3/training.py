@@ -324,7 +324,6 @@ class Mask2FormerTrainer(Trainer):
         task: "instance", "semantic" or "panoptic" (chooses the post-processing and metric).
         label_map: the `LabelMap` of the data (class names, things / stuff).
         image_processor: used for post-processing (`post_process_*_segmentation`).
-        backbone_lr_multiplier, layer_decay: see `build_param_groups`.
         instance_threshold: score threshold of `post_process_instance_segmentation` for mAP (default 0: keep every
             query, as COCO AP expects ranked detections).
         panoptic_threshold: `threshold` of `post_process_panoptic_segmentation`.
@@ -343,8 +342,6 @@ class Mask2FormerTrainer(Trainer):
         task: str = "instance",
         label_map: LabelMap | None = None,
         image_processor=None,
-        backbone_lr_multiplier: float = 1.0,
-        layer_decay: float | None = None,
         instance_threshold: float = 0.0,
         panoptic_threshold: float = 0.5,
         tile_size: tuple[int, int] | None = None,
@@ -373,8 +370,6 @@ class Mask2FormerTrainer(Trainer):
             self.args.batch_eval_metrics = True
             self.args.eval_do_concat_batches = False
         # Task, labels, processor and thresholds live in `segmentation_metrics`, their one user.
-        self.backbone_lr_multiplier = backbone_lr_multiplier
-        self.layer_decay = layer_decay
         self.card_details: ModelCardDetails | None = None  # set before create_model_card
         # Mask2Former normalises its loss itself (by the number of masks): Trainer must not rescale it.
         self.model_accepts_loss_kwargs = False
@@ -382,7 +377,8 @@ class Mask2FormerTrainer(Trainer):
     # -- optimizer ----------------------------------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
-        """Trainer's optimizer (`--optim`, AdamW by default) over `build_param_groups`'s groups."""
+        """Trainer's optimizer (`--optim`, AdamW by default) over `build_param_groups`'s groups, with the args'
+        `backbone_lr_multiplier` and `layer_decay` (`SegmentationTrainingArguments`; plain `TrainingArguments`: 1, none)."""
         if self.optimizer is not None:
             return self.optimizer
         opt_model = self.model if model is None else model
@@ -396,12 +392,13 @@ class Mask2FormerTrainer(Trainer):
         if special or is_optimizer_factory(optimizer_cls):
             logger.warning("--optim %s builds its own parameter groups: backbone LR multiplier / layer decay not applied.", self.args.optim)
             return super().create_optimizer(model)
+        multiplier = getattr(self.args, "backbone_lr_multiplier", None)
         groups = build_param_groups(
             opt_model,
             learning_rate=self.args.learning_rate,
             weight_decay=self.args.weight_decay,
-            backbone_lr_multiplier=self.backbone_lr_multiplier,
-            layer_decay=self.layer_decay,
+            backbone_lr_multiplier=1.0 if multiplier is None else multiplier,
+            layer_decay=getattr(self.args, "layer_decay", None),
             decay_parameter_names=self.get_decay_parameter_names(opt_model),
         )
         for group in groups:
