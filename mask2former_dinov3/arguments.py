@@ -53,29 +53,20 @@ class ModelArguments:
     _argument_group_name = "Model (at most one of --model_name_or_path / --preset / --backbone_name_or_path)"
 
     model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "A saved Mask2FormerDINOv3 model (folder or hub id); its head is resized to the dataset's labels."
-        },
+        default=None, metadata={"help": "A saved Mask2FormerDINOv3 model (folder / hub id); its head gets the data's labels."}
     )
-    preset: str | None = field(
-        default=None,
-        metadata={"help": "A DINOv3 preset name (e.g. dinov3-vits16, dinov3-convnext-tiny): random-init model."},
-    )
+    preset: str | None = field(default=None, metadata={"help": "A DINOv3 preset (e.g. dinov3-vits16): random-init model."})
     backbone_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "Pretrained DINOv3 backbone (hub id / folder / Meta .pth) for from_dinov3_pretrained."},
+        default=None, metadata={"help": "Pretrained DINOv3 backbone (hub id / folder / Meta .pth) for from_dinov3_pretrained."}
     )
     head_name_or_path: str | None = field(
-        default=None,
-        metadata={"help": "With --backbone_name_or_path: a Mask2Former checkpoint whose head is transferred."},
+        default=None, metadata={"help": "With --backbone_name_or_path: a Mask2Former checkpoint whose head is transferred."}
     )
     config_overrides: str | None = field(
         default=None,
         metadata={
-            "help": "Config fields for a new model, e.g. 'num_queries=50,hidden_dim=128,decoder_layers=6'. Without "
-            "num_queries, a new model gets enough queries for the densest training image (at least 1.25 x its "
-            "instances; never below 100 for --preset / --backbone_name_or_path)."
+            "help": "Config fields of a new model, e.g. 'num_queries=50,hidden_dim=128'. Without num_queries: enough "
+            "for the densest training image (1.25 x its instances, at least 100 for --preset / --backbone_name_or_path)."
         },
     )
     freeze_backbone: bool = field(default=False, metadata={"help": "Train without updating the DINOv3 backbone."})
@@ -83,10 +74,7 @@ class ModelArguments:
     token: str | None = field(default=None, metadata={"help": "Hugging Face Hub token (private models / datasets)."})
     trust_remote_code: bool = field(
         default=False,
-        metadata={
-            "help": "Let --dataset_name run a dataset loading script from the Hub (code in the dataset repository). "
-            "It does not concern the model: the model's code always comes from this package."
-        },
+        metadata={"help": "Let --dataset_name run a dataset loading script from the Hub; it does not concern the model."},
     )
 
 
@@ -102,16 +90,15 @@ class DataArguments:
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "HF dataset name or local folder in transformers' example format (image, annotation PNG with "
-            "semantic id in channel 0 and instance id in channel 1, semantic_class_to_id)."
+            "help": "HF dataset (hub name or folder) in transformers' example format: image, annotation PNG "
+            "(channel 0 semantic id, channel 1 instance id), semantic_class_to_id."
         },
     )
     data_dir: str | None = field(
-        default=None,
-        metadata={"help": "COCO folders in Roboflow's layout: train/, valid/ (and test/) with _annotations.coco.json."},
+        default=None, metadata={"help": "COCO folders in Roboflow's layout: train/, valid/ (test/) with _annotations.coco.json."}
     )
     train_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the training split."})
-    train_image_dir: str | None = field(default=None, metadata={"help": "Images of the training split (default: the JSON's folder)."})
+    train_image_dir: str | None = field(default=None, metadata={"help": "Its images (default: the JSON's folder)."})
     validation_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the validation split."})
     validation_image_dir: str | None = field(default=None, metadata={"help": "Images of the validation split."})
     test_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the test split (--do_predict)."})
@@ -121,10 +108,9 @@ class DataArguments:
     crop_to_size: list[int] | None = field(
         default=None,
         metadata={
-            "help": "H [W] (multiples of 32; one value: square): train on random H x W crops of the images at their "
-            "native resolution instead of resizing them to --image_height x --image_width, and evaluate by H x W "
-            "tiles at native resolution (tiling.json in the output folder makes mask2former-dinov3-predict tile too). "
-            "Replaces --image_height/--image_width; instance and semantic tasks."
+            "help": "H [W] (multiples of 32): train on random H x W crops at native resolution instead of resizing, "
+            "and evaluate by H x W tiles (tiling.json makes mask2former-dinov3-predict tile too). Replaces "
+            "--image_height/--image_width; instance and semantic tasks."
         },
     )
     do_reduce_labels: bool = field(
@@ -146,10 +132,7 @@ class AugmentationArguments:
     min_scale: float = field(default=0.5, metadata={"help": "Scale jitter: smallest random scale."})
     max_scale: float = field(default=2.0, metadata={"help": "Scale jitter: largest random scale."})
     color_jitter: float = field(default=0.2, metadata={"help": "Colour jitter strength (0 disables)."})
-    hflip: bool = field(
-        default=True,
-        metadata={"help": "Flip training images horizontally at random (half of them); --no_hflip never flips."},
-    )
+    hflip: bool = field(default=True, metadata={"help": "Flip half of the training images horizontally at random."})
 
 
 @dataclass
@@ -167,8 +150,8 @@ class EvaluationArguments:
     intensity_normalization: Literal["percentile", "minmax", "fixed"] = field(
         default="percentile",
         metadata={
-            "help": "Images that are not 8-bit (16-bit, float): map each image's 1st / 99.8th percentiles (or its "
-            "min / max, or 0..65535 fixed) to 0..255. Saved in the image processor; 8-bit images are never changed."
+            "help": "Images that are not 8-bit: map each image's 1st / 99.8th percentiles (or min / max, or 0..65535) "
+            "to 0..255. Saved in the image processor; 8-bit images are never changed."
         },
     )
 
@@ -184,8 +167,7 @@ class SyntheticDataArguments:
     synthetic_seed: int = field(default=0, metadata={"help": "Offline default: generator seed."})
     synthetic_image_size: int = field(default=128, metadata={"help": "Offline default: image side in pixels."})
     synthetic_size_probabilities: str = field(
-        default="0.1,0.5,0.4",
-        metadata={"help": "Offline default: probabilities of small, medium and large shapes (COCO's size buckets)."},
+        default="0.1,0.5,0.4", metadata={"help": "Offline default: probabilities of small, medium and large shapes."}
     )
 
 
@@ -216,22 +198,15 @@ class SegmentationTrainingArguments(TrainingArguments):
     )
 
     overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Train into a non-empty --output_dir that holds a different run (no checkpoint to resume)."},
+        default=False, metadata={"help": "Train into a non-empty --output_dir that holds a different run (no checkpoint)."}
     )
     backbone_lr_multiplier: float | None = field(
-        default=None,
-        metadata={
-            "help": "Backbone LR = learning_rate x this. Default: 0.1 (Mask2Former) with pretrained weights "
-            "(--model_name_or_path, --backbone_name_or_path), 1.0 for a random-init backbone."
-        },
+        default=None, metadata={"help": "Backbone LR = learning_rate x this. Default: 0.1 with pretrained weights, else 1."}
     )
     layer_decay: float | None = field(
         default=None, metadata={"help": "Layer-wise LR decay for ViT backbones (e.g. 0.8): block i of L gets decay^(L-i)."}
     )
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept False: the collator needs every field of the dataset items."}
-    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every field."})
     # Trainer's own --debug takes values; bare, it only asks this script for full tracebacks (see `cli`).
     debug: str = field(
         default="",

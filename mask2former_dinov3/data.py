@@ -420,10 +420,8 @@ class CocoSegmentationSource:
             rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
         elif isinstance(segmentation["counts"], list):
             rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            rle = dict(segmentation)
-            if isinstance(rle["counts"], str):
-                rle["counts"] = rle["counts"].encode("ascii")
+        else:  # compressed RLE, its counts as str or bytes
+            rle = segmentation
         return mask_utils.decode(rle).astype(np.uint8)
 
     def __getitem__(self, index: int) -> Sample:
@@ -975,23 +973,15 @@ class SegmentationCollator:
         multiple = self.pad_to_multiple_of
         height = math.ceil(max(item["pixel_values"].shape[1] for item in items) / multiple) * multiple
         width = math.ceil(max(item["pixel_values"].shape[2] for item in items) / multiple) * multiple
-        pixel_values = torch.zeros(len(items), 3, height, width)
-        pixel_mask = torch.zeros(len(items), height, width, dtype=torch.long)
-        mask_labels, class_labels = [], []
-        for i, item in enumerate(items):
-            _, h, w = item["pixel_values"].shape
-            pixel_values[i, :, :h, :w] = item["pixel_values"]
-            pixel_mask[i, :h, :w] = 1
-            masks = item["mask_labels"]
-            padded = torch.zeros(masks.shape[0], height, width, dtype=masks.dtype)
-            padded[:, :h, :w] = masks
-            mask_labels.append(padded)
-            class_labels.append(item["class_labels"])
+
+        def pad(tensor: torch.Tensor) -> torch.Tensor:  # zeros below and to the right
+            return torch.nn.functional.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]))
+
         batch = {
-            "pixel_values": pixel_values,
-            "pixel_mask": pixel_mask,
-            "mask_labels": mask_labels,
-            "class_labels": class_labels,
+            "pixel_values": torch.stack([pad(item["pixel_values"]) for item in items]),
+            "pixel_mask": torch.stack([pad(torch.ones(item["pixel_values"].shape[1:], dtype=torch.long)) for item in items]),
+            "mask_labels": [pad(item["mask_labels"]) for item in items],
+            "class_labels": [item["class_labels"] for item in items],
         }
         if "dataset_index" in items[0]:
             batch["dataset_index"] = torch.tensor([int(item["dataset_index"]) for item in items], dtype=torch.long)

@@ -10,6 +10,7 @@ default's small model, with enough queries for the densest training image).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -479,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     (logger.warning if num_queries is not None else logger.info)("num_queries: %s.", queries_note)
     _check_queries(count, model, model_args)
     native = tile_size is not None
+    dataset = functools.partial(SegmentationDataset, task=data_args.task, image_processor=image_processor,
+                                native_crops=native)  # fmt: skip
     train_dataset = eval_dataset = None
     if bundle.train is not None:
         seed = training_args.seed + training_args.process_index
@@ -486,11 +489,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             image_processor, min_scale=data_args.min_scale, max_scale=data_args.max_scale,
             color_jitter=data_args.color_jitter, hflip=data_args.hflip, seed=seed,
         )  # fmt: skip
-        train_dataset = SegmentationDataset(bundle.train, data_args.task, image_processor, augmentation, seed=seed,
-                                            native_crops=native)  # fmt: skip
+        train_dataset = dataset(bundle.train, augmentation=augmentation, seed=seed)
     if bundle.validation is not None:
-        eval_dataset = SegmentationDataset(bundle.validation, data_args.task, image_processor, for_evaluation=True,
-                                           native_crops=native)  # fmt: skip
+        eval_dataset = dataset(bundle.validation, for_evaluation=True)
 
     if training_args.backbone_lr_multiplier is None:  # Mask2Former's 0.1 for pretrained weights
         training_args.backbone_lr_multiplier = 0.1 if pretrained else 1.0
@@ -525,9 +526,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             trainer.log_metrics("eval", metrics)
             trainer.save_metrics("eval", metrics)
         if training_args.do_predict and bundle.test is not None:
-            test_dataset = SegmentationDataset(bundle.test, data_args.task, image_processor, for_evaluation=True,
-                                               native_crops=native)  # fmt: skip
-            test_metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
+            test_metrics = trainer.evaluate(dataset(bundle.test, for_evaluation=True), metric_key_prefix="test")
             trainer.log_metrics("test", test_metrics)
             trainer.save_metrics("test", test_metrics)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -71,7 +72,13 @@ class _ImageRecords:
 
     @staticmethod
     def _per_image(items: Any, what: str) -> list:
-        return _as_list(items, what)
+        if isinstance(items, Mapping):
+            return [items]
+        if isinstance(items, (list, tuple)):
+            return list(items)
+        raise ValueError(
+            f"{what} must be a dict (one image) or a list of dicts (one per image); got {type(items).__name__}."
+        )
 
     def update(self, ground_truths: Any, predictions: Any, image_ids: Sequence[int | str] | None = None) -> None:
         """Add images: one ground truth and one prediction per image, in the subclass's format (a single image, a
@@ -99,16 +106,6 @@ class _ImageRecords:
         result = self._compute_from_records([records[k] for k in keys])
         result["num_images"] = len(keys)
         return result
-
-
-def _as_list(items: Any, what: str) -> list:
-    if isinstance(items, Mapping):
-        return [items]
-    if isinstance(items, (list, tuple)):
-        return list(items)
-    raise ValueError(
-        f"{what} must be a dict (one image) or a list of dicts (one per image); got {type(items).__name__}."
-    )
 
 
 def _class_names(class_names: Mapping[int, str] | Sequence[str] | None) -> dict[int, str] | None:
@@ -358,7 +355,6 @@ class InstanceSegmentationEvaluator(_ImageRecords):
             for rle, label, score in record["pred"]:
                 dt_annotations.append(_coco_annotation(len(dt_annotations) + 1, image_id, label, rle, score=score))
         categories = [{"id": c, "name": str(c)} for c in category_ids]
-        result = {"map_per_class": {}}
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco_gt, coco_dt = COCO(), COCO()
             coco_gt.dataset = {"images": images, "annotations": gt_annotations, "categories": categories}
@@ -374,24 +370,18 @@ class InstanceSegmentationEvaluator(_ImageRecords):
                 evaluator.evaluate()
                 evaluator.accumulate()
                 evaluator.summarize()
-        if not category_ids:  # neither ground truth nor predictions: nothing is defined
-            stats = [-1.0] * 12
-        else:
-            stats = [float(s) for s in evaluator.stats]
-        names = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
-        for name, value in zip(names, stats[:6]):
-            result[name] = _NAN if value < 0 else value
-        result["mar_100"] = _NAN if stats[8] < 0 else stats[8]
+        # Neither ground truth nor predictions: nothing is defined.
+        stats = [float(s) for s in evaluator.stats] if category_ids else [-1.0] * 12
+        names = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
+        result = {name: _NAN if value < 0 else value for name, value in zip(names, stats[:6] + stats[8:9])}
+        result["map_per_class"] = {}
         for k, category_id in enumerate(category_ids):
             # precision[T, R, K, A, M]: all IoU thresholds and recall points, area "all", largest maxDets.
             precision = evaluator.eval["precision"][:, :, k, 0, -1]
             valid = precision[precision > -1]
             key = self.class_names[category_id] if self.class_names is not None else category_id
             result["map_per_class"][key] = float(valid.mean()) if valid.size else _NAN
-        if self.class_names is not None:
-            for category_id, name in self.class_names.items():
-                result["map_per_class"].setdefault(name, _NAN)
-        return {k: result[k] for k in (*names, "mar_100", "map_per_class")}
+        return result
 
 
 def _area_ranges(area_ranges: Mapping[str, Sequence[float]] | None) -> dict[str, tuple[float, float]] | None:
@@ -636,10 +626,7 @@ class PanopticQualityEvaluator(_ImageRecords):
         pred_pos = {int(i): n for n, i in enumerate(pred_ids)}
         void_row = gt_pos.get(self.void_id)
 
-        stats: dict[int, list] = {}  # category -> [tp, fp, fn, iou_sum]
-
-        def stat(category: int) -> list:
-            return stats.setdefault(category, [0, 0, 0, 0.0])
+        stats: dict[int, list] = defaultdict(lambda: [0, 0, 0, 0.0])  # category -> [tp, fp, fn, iou_sum]
 
         gt_present = {s: v for s, v in gt_segments.items() if s in gt_pos}
         pred_present = {s: v for s, v in pred_segments.items() if s in pred_pos}
@@ -657,7 +644,7 @@ class PanopticQualityEvaluator(_ImageRecords):
             union = int(gt_area[row]) + int(pred_area[col]) - overlap - void_overlap
             iou = overlap / union
             if iou > 0.5:  # IoU > 0.5 makes the match unique: no assignment step is needed
-                entry = stat(gt_category)
+                entry = stats[gt_category]
                 entry[0] += 1
                 entry[3] += iou
                 matched_gt.add(gt_id)
@@ -667,7 +654,7 @@ class PanopticQualityEvaluator(_ImageRecords):
             if gt_crowd:
                 crowd_rows.setdefault(gt_category, []).append(gt_pos[gt_id])
             elif gt_id not in matched_gt:
-                stat(gt_category)[2] += 1
+                stats[gt_category][2] += 1
         for pred_id, (pred_category, _) in pred_present.items():
             if pred_id in matched_pred:
                 continue
@@ -676,18 +663,14 @@ class PanopticQualityEvaluator(_ImageRecords):
             ignored += sum(int(intersection[r, col]) for r in crowd_rows.get(pred_category, []))
             if ignored / int(pred_area[col]) > 0.5:
                 continue
-            stat(pred_category)[1] += 1
-        return stats
+            stats[pred_category][1] += 1
+        return dict(stats)
 
     def _compute_from_records(self, records: list[dict[int, list]]) -> dict:
         totals = {c: [0, 0, 0, 0.0] for c in self.categories}
         for record in records:  # canonical image order: the IoU sums are bit-identical however images were sharded
-            for category, (tp, fp, fn, iou) in record.items():
-                total = totals[category]
-                total[0] += tp
-                total[1] += fp
-                total[2] += fn
-                total[3] += iou
+            for category, values in record.items():
+                totals[category] = [total + value for total, value in zip(totals[category], values)]
         per_class, included = {}, {"all": [], "things": [], "stuff": []}
         for category in sorted(self.categories):
             name, isthing = self.categories[category]

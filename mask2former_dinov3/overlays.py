@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-__all__ = ["OVERLAY_MIN_SIDE", "distinct_segments", "draw_segments", "label_font"]
+__all__ = ["OVERLAY_MIN_SIDE", "distinct_segments", "draw_segments", "label_font", "side_by_side"]
 
 
 def _palette(n: int) -> np.ndarray:
@@ -128,3 +128,16 @@ def draw_segments(
         draw.text((x, y), text, fill=(0, 0, 0), font=font)
         placed.append(box)
     return result
+
+
+def side_by_side(left: Image.Image, right: Image.Image, titles: Sequence[str], gap: int = 4) -> Image.Image:
+    """Two equally sized panels next to each other on white, each under its title (e.g. ground truth, prediction)."""
+    width, height = left.size
+    font = label_font(max(12, round(min(width, height) / 32)))
+    header_height = font.getbbox("Ag")[3] + 6
+    panel = Image.new("RGB", (2 * width + gap, height + header_height), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for x, image, title in ((0, left, titles[0]), (width + gap, right, titles[1])):
+        panel.paste(image, (x, header_height))
+        draw.text((x + 2, 2), title, fill=(0, 0, 0), font=font)
+    return panel

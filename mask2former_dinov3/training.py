@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 from accelerate.utils import gather_object
 from transformers import Trainer
@@ -44,7 +44,7 @@ from .metrics import (
     SemanticSegmentationEvaluator,
     instance_prediction_from_post_processed,
 )
-from .overlays import draw_segments, label_font
+from .overlays import draw_segments, side_by_side
 from .tiling import predict_tiled
 
 
@@ -348,8 +348,6 @@ class Mask2FormerTrainer(Trainer):
         tile_overlap: int = 0,
         **kwargs,
     ):
-        if task not in MAIN_METRIC:
-            raise ValueError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
         if tile_size is not None and task == "panoptic":
             raise ValueError("tiled evaluation supports the instance and semantic tasks, not panoptic")
         self.tile_size = None if tile_size is None else (int(tile_size[0]), int(tile_size[1]))
@@ -576,15 +574,7 @@ def save_prediction_overlays(
         left = draw_segments(image, truth_masks, truth_labels, names, empty_text="no annotated objects")
         right = draw_segments(image, masks, labels, names, scores,
                               empty_text=f"no prediction above threshold {threshold:g}")  # fmt: skip
-        width, height = left.size
-        font = label_font(max(12, round(min(width, height) / 32)))
-        header_height = font.getbbox("Ag")[3] + 6
-        panel = Image.new("RGB", (2 * width + 4, height + header_height), (255, 255, 255))
-        panel.paste(left, (0, header_height))
-        panel.paste(right, (width + 4, header_height))
-        header = ImageDraw.Draw(panel)
-        header.text((2, 2), "ground truth", fill=(0, 0, 0), font=font)
-        header.text((width + 6, 2), "prediction", fill=(0, 0, 0), font=font)
+        panel = side_by_side(left, right, ("ground truth", "prediction"))
         stem = re.sub(r"[^0-9A-Za-z_-]+", "_", os.path.splitext(os.path.basename(str(sample.file_name)))[0])[-60:]
         path = os.path.join(output_dir, f"{index:03d}_{stem or sample.image_id}.png")
         panel.save(path)
