@@ -647,8 +647,7 @@ def synthetic_to_sample(item, with_stuff: bool) -> Sample:
 
 def paint_order(masks: np.ndarray) -> np.ndarray:
     """Indices of `masks` by decreasing area: painted in this order, small objects stay visible on top of large."""
-    areas = masks.reshape(len(masks), -1).sum(1) if len(masks) else np.zeros(0)
-    return np.argsort(-areas, kind="stable")
+    return np.argsort(-masks.sum(axis=(1, 2), dtype=np.int64), kind="stable")
 
 
 def panoptic_segments(sample: Sample) -> tuple[np.ndarray, list[dict]]:

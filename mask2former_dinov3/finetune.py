@@ -414,8 +414,7 @@ def _setup_logging(training_args) -> None:
     if training_args.should_log:
         transformers.utils.logging.set_verbosity_info()
     level = training_args.get_process_log_level()
-    logger.setLevel(level)
-    logging.getLogger("mask2former_dinov3").setLevel(level)
+    logging.getLogger("mask2former_dinov3").setLevel(level)  # this module's logger and the package's
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
