@@ -280,24 +280,19 @@ def choose_num_queries(model_args: ModelArguments, count: InstanceCount | None) 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
     """`'a=1,b=0.5,c=true,d=[1,2]'` -> `{'a': 1, 'b': 0.5, 'c': True, 'd': [1, 2]}` (values parsed as JSON)."""
-    if not text:
-        return {}
-    parts, depth, start = [], 0, 0
-    for i, char in enumerate(text):  # split on commas outside brackets
-        if char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-        elif char == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
+    parts, depth = [""], 0
+    for char in text or "":  # split on commas outside brackets
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append("")
+        else:
+            parts[-1] += char
     words = {"True": True, "False": False, "None": None}
     result = {}
     for part in filter(str.strip, parts):
-        if "=" not in part:
+        key, found, value = (x.strip() for x in part.partition("="))
+        if not found:
             raise ValueError(f"--config_overrides: expected key=value, got {part!r}.")
-        key, value = (x.strip() for x in part.split("=", 1))
         try:
             result[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -318,41 +313,21 @@ def build_model(
     overrides = parse_config_overrides(model_args.config_overrides)
     if num_queries is not None and not model_args.model_name_or_path:
         overrides["num_queries"] = num_queries
-    processor_kwargs: dict[str, Any] = {}
+    hub_kwargs = {k: v for k, v in (("token", model_args.token), ("cache_dir", model_args.cache_dir)) if v}
     cls = Mask2FormerDINOv3ForUniversalSegmentation
     if model_args.model_name_or_path:
         if overrides:
             raise ValueError("--config_overrides applies to new models (--preset / default), not --model_name_or_path.")
-        model = cls.from_pretrained(
-            model_args.model_name_or_path,
-            ignore_mismatched_sizes=True,
-            cache_dir=model_args.cache_dir,
-            token=model_args.token,
-            num_labels=label_map.num_labels,
-            **labels,
-        )
-        processor_kwargs = _processor_normalisation(model_args.model_name_or_path, model_args)
-        pretrained = True
+        model = cls.from_pretrained(model_args.model_name_or_path, ignore_mismatched_sizes=True,
+                                    num_labels=label_map.num_labels, **labels, **hub_kwargs)  # fmt: skip
     elif model_args.backbone_name_or_path:
-        hub_kwargs = {k: v for k, v in (("token", model_args.token), ("cache_dir", model_args.cache_dir)) if v}
-        model = cls.from_dinov3_pretrained(
-            model_args.backbone_name_or_path,
-            head=model_args.head_name_or_path,
-            hub_kwargs=hub_kwargs,
-            num_labels=label_map.num_labels,
-            **labels,
-            **overrides,
-        )
-        processor_kwargs = _preset_normalisation(model_args.backbone_name_or_path)
-        pretrained = True
+        model = cls.from_dinov3_pretrained(model_args.backbone_name_or_path, head=model_args.head_name_or_path,
+                                           hub_kwargs=hub_kwargs, num_labels=label_map.num_labels, **labels,
+                                           **overrides)  # fmt: skip
     elif model_args.preset:
-        config = Mask2FormerDINOv3Config.from_preset(model_args.preset, **labels, **overrides)
-        model = cls(config)
-        processor_kwargs = _preset_normalisation(model_args.preset)
-        pretrained = False
+        model = cls(Mask2FormerDINOv3Config.from_preset(model_args.preset, **labels, **overrides))
     else:
         model = cls(offline_default_config(label_map, **overrides))
-        pretrained = False
     if model_args.freeze_backbone:
         model.freeze_backbone()
     image_processor = Mask2FormerDINOv3ImageProcessor(
@@ -360,28 +335,24 @@ def build_model(
         do_reduce_labels=data_args.do_reduce_labels,
         ignore_index=IGNORE_INDEX,
         intensity_normalization=data_args.intensity_normalization,
-        **processor_kwargs,
+        **_normalisation(model_args, hub_kwargs),
     )
-    return model, image_processor, pretrained
+    return model, image_processor, bool(model_args.model_name_or_path or model_args.backbone_name_or_path)
 
 
-def _preset_normalisation(name: str) -> dict[str, Any]:
+def _normalisation(model_args: ModelArguments, hub_kwargs: dict[str, Any]) -> dict[str, Any]:
+    # A checkpoint keeps the normalisation it was trained with (whatever processor class it saved); a preset (or a
+    # backbone named like one) brings its own; otherwise the processor's DINOv3 defaults.
     try:
-        preset = get_preset(name)
-    except ValueError:
+        if model_args.model_name_or_path:
+            from transformers import AutoImageProcessor
+
+            source = AutoImageProcessor.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
+        else:
+            source = get_preset(model_args.backbone_name_or_path or model_args.preset or "")
+    except Exception:  # no processor saved with the checkpoint, or no preset of that name
         return {}
-    return {"image_mean": list(preset.image_mean), "image_std": list(preset.image_std)}
-
-
-def _processor_normalisation(path: str, model_args: ModelArguments) -> dict[str, Any]:
-    # Keep the normalisation the checkpoint was trained with, whatever processor class it saved.
-    try:
-        from transformers import AutoImageProcessor
-
-        processor = AutoImageProcessor.from_pretrained(path, cache_dir=model_args.cache_dir, token=model_args.token)
-    except Exception:  # no processor saved with the checkpoint: DINOv3's defaults
-        return {}
-    return {"image_mean": list(processor.image_mean), "image_std": list(processor.image_std)}
+    return {"image_mean": list(source.image_mean), "image_std": list(source.image_std)}
 
 
 def _check_queries(count: InstanceCount | None, model, model_args: ModelArguments) -> None:
