@@ -155,17 +155,12 @@ def _describe_area_ranges(ranges: dict) -> str:
 
 def _load_coco(data_args: DataTrainingArguments, training_args) -> DataBundle:
     splits = {}
-    for split, ann_attr, dir_attr in (
-        ("train", "train_annotation_file", "train_image_dir"),
-        ("validation", "validation_annotation_file", "validation_image_dir"),
-        ("test", "test_annotation_file", "test_image_dir"),
-    ):
-        annotation_file, image_dir = getattr(data_args, ann_attr), getattr(data_args, dir_attr)
+    for split in ("train", "validation", "test"):
+        annotation_file = getattr(data_args, f"{split}_annotation_file")
+        image_dir = getattr(data_args, f"{split}_image_dir")
         if annotation_file is None and data_args.data_dir:
-            found = find_roboflow_split(data_args.data_dir, split)
-            if found:
-                annotation_file, default_dir = found
-                image_dir = image_dir or default_dir
+            annotation_file, found_dir = find_roboflow_split(data_args.data_dir, split) or (None, None)
+            image_dir = image_dir or found_dir
         if annotation_file is not None:
             splits[split] = (annotation_file, image_dir)
     if data_args.data_dir and not splits:

@@ -276,19 +276,9 @@ class SegmentationMetrics:
                           for i, name in label_map.id2label.items()]  # fmt: skip
             self.evaluator = PanopticQualityEvaluator(categories)
 
-    def update(self, class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor, indices) -> None:
-        """Add one batch: its logits and the dataset indices of its images."""
-        indices = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
-        truths = [self.dataset.ground_truth(i) for i in indices]
-        predictions = post_process_predictions(
-            self.image_processor, class_queries_logits, masks_queries_logits, self.task, [size for size, _ in truths],
-            instance_threshold=self.instance_threshold, panoptic_threshold=self.panoptic_threshold,
-            label_ids_to_fuse=set(self.label_map.stuff_ids),
-        )  # fmt: skip
-        self.evaluator.update([truth for _, truth in truths], predictions, image_ids=indices)
-
     def __call__(self, eval_prediction, compute_result: bool = False) -> dict[str, float] | None:
-        """Trainer's batch-wise `compute_metrics(eval_prediction, compute_result)`."""
+        """Trainer's batch-wise `compute_metrics(eval_prediction, compute_result)`: adds one gathered batch (its
+        logits, and the dataset indices of its images as `label_ids`)."""
         if self.evaluator is None:
             raise RuntimeError(
                 "SegmentationMetrics.start(dataset) was not called: evaluate through Mask2FormerTrainer.evaluate(), "
@@ -300,7 +290,14 @@ class SegmentationMetrics:
                 "Segmentation metrics expect (class_queries_logits, masks_queries_logits) batches: use "
                 "Mask2FormerTrainer with batch_eval_metrics=True and eval_do_concat_batches=False."
             )
-        self.update(predictions[0], predictions[1], eval_prediction.label_ids)
+        indices = [int(i) for i in torch.as_tensor(eval_prediction.label_ids).reshape(-1).tolist()]
+        truths = [self.dataset.ground_truth(i) for i in indices]
+        predictions = post_process_predictions(
+            self.image_processor, predictions[0], predictions[1], self.task, [size for size, _ in truths],
+            instance_threshold=self.instance_threshold, panoptic_threshold=self.panoptic_threshold,
+            label_ids_to_fuse=set(self.label_map.stuff_ids),
+        )  # fmt: skip
+        self.evaluator.update([truth for _, truth in truths], predictions, image_ids=indices)
         return self.result() if compute_result else None
 
     def result(self, records: dict | None = None) -> dict[str, float]:
