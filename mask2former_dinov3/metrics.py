@@ -624,46 +624,33 @@ class PanopticQualityEvaluator(_ImageRecords):
         gt_area, pred_area = intersection.sum(axis=1), intersection.sum(axis=0)
         gt_pos = {int(i): n for n, i in enumerate(gt_ids)}
         pred_pos = {int(i): n for n, i in enumerate(pred_ids)}
-        void_row = gt_pos.get(self.void_id)
+        # Pixels of each prediction on void: left out of the union, and ignored for false positives.
+        void = intersection[gt_pos[self.void_id]] if self.void_id in gt_pos else np.zeros(len(pred_ids), np.int64)
+        gt_rows = {gt_pos[s]: v for s, v in gt_segments.items() if s in gt_pos}  # row -> (category, iscrowd)
+        pred_cols = {pred_pos[s]: v[0] for s, v in pred_segments.items() if s in pred_pos}  # column -> category
 
         stats: dict[int, list] = defaultdict(lambda: [0, 0, 0, 0.0])  # category -> [tp, fp, fn, iou_sum]
-
-        gt_present = {s: v for s, v in gt_segments.items() if s in gt_pos}
-        pred_present = {s: v for s, v in pred_segments.items() if s in pred_pos}
-        matched_gt, matched_pred = set(), set()
-        gt_by_row = {gt_pos[s]: (s, v) for s, v in gt_present.items()}
-        pred_by_col = {pred_pos[s]: (s, v) for s, v in pred_present.items()}
+        matched_rows, matched_cols = set(), set()
         for row, col in zip(*np.nonzero(intersection)):  # only overlapping pairs can match
-            if row not in gt_by_row or col not in pred_by_col:
-                continue
-            (gt_id, (gt_category, gt_crowd)), (pred_id, (pred_category, _)) = gt_by_row[row], pred_by_col[col]
-            if gt_crowd or pred_category != gt_category:
+            if row not in gt_rows or col not in pred_cols or gt_rows[row][1] or pred_cols[col] != gt_rows[row][0]:
                 continue
             overlap = int(intersection[row, col])
-            void_overlap = int(intersection[void_row, col]) if void_row is not None else 0
-            union = int(gt_area[row]) + int(pred_area[col]) - overlap - void_overlap
-            iou = overlap / union
+            iou = overlap / (int(gt_area[row]) + int(pred_area[col]) - overlap - int(void[col]))
             if iou > 0.5:  # IoU > 0.5 makes the match unique: no assignment step is needed
-                entry = stats[gt_category]
-                entry[0] += 1
-                entry[3] += iou
-                matched_gt.add(gt_id)
-                matched_pred.add(pred_id)
-        crowd_rows: dict[int, list[int]] = {}
-        for gt_id, (gt_category, gt_crowd) in gt_present.items():
-            if gt_crowd:
-                crowd_rows.setdefault(gt_category, []).append(gt_pos[gt_id])
-            elif gt_id not in matched_gt:
-                stats[gt_category][2] += 1
-        for pred_id, (pred_category, _) in pred_present.items():
-            if pred_id in matched_pred:
-                continue
-            col = pred_pos[pred_id]
-            ignored = int(intersection[void_row, col]) if void_row is not None else 0
-            ignored += sum(int(intersection[r, col]) for r in crowd_rows.get(pred_category, []))
-            if ignored / int(pred_area[col]) > 0.5:
-                continue
-            stats[pred_category][1] += 1
+                stats[pred_cols[col]][0] += 1
+                stats[pred_cols[col]][3] += iou
+                matched_rows.add(row)
+                matched_cols.add(col)
+        crowd_rows: dict[int, list[int]] = defaultdict(list)
+        for row, (category, crowd) in gt_rows.items():
+            if crowd:
+                crowd_rows[category].append(row)
+            elif row not in matched_rows:
+                stats[category][2] += 1
+        for col, category in pred_cols.items():
+            ignored = int(void[col]) + sum(int(intersection[row, col]) for row in crowd_rows[category])
+            if col not in matched_cols and ignored / int(pred_area[col]) <= 0.5:
+                stats[category][1] += 1
         return dict(stats)
 
     def _compute_from_records(self, records: list[dict[int, list]]) -> dict:
