@@ -226,8 +226,6 @@ def load_image(path: str, source: str = "") -> np.ndarray:
             if getattr(image, "n_frames", 1) > 1:
                 logger.warning("%s%s has %d pages; using the first.", where, path, image.n_frames)
             return to_rgb_array(image, source=f"{where}{path}")
-    except DataError:
-        raise
     except Exception as error:  # PIL raises many types for unreadable files
         raise DataError(f"{where}cannot read image {path}: {error}") from error
 

@@ -296,22 +296,16 @@ class InstanceSegmentationEvaluator(_ImageRecords):
         self.area_ranges = _area_ranges(area_ranges)
 
     def _record(self, gt: Mapping, pred: Mapping, index: int) -> dict:
-        for what, item, required in (
-            ("ground truth", gt, ("masks", "labels")),
-            ("prediction", pred, ("masks", "labels", "scores")),
-        ):
+        for what, item, required, hint in (
+            ("ground truth", gt, ("masks", "labels"), "+ optional 'iscrowd', 'size'"),
+            ("prediction", pred, ("masks", "labels", "scores"), "use instance_prediction_from_post_processed on "
+             "post-processed outputs"),
+        ):  # fmt: skip
             if not isinstance(item, Mapping):
                 raise ValueError(f"Each {what} must be a dict; got {type(item).__name__}.")
             missing = [k for k in required if k not in item]
             if missing:
-                raise ValueError(
-                    f"{what} of image {index} lacks {missing}; expected keys {list(required)}"
-                    + (
-                        " (+ optional 'iscrowd', 'size')."
-                        if what == "ground truth"
-                        else " (use instance_prediction_from_post_processed on post-processed outputs)."
-                    )
-                )
+                raise ValueError(f"{what} of image {index} lacks {missing}; expected keys {list(required)} ({hint}).")
         size = tuple(int(s) for s in gt["size"]) if gt.get("size") is not None else None
         gt_rles, gt_size = _encode_masks(gt["masks"], size, f"ground-truth masks of image {index}")
         try:
@@ -525,9 +519,8 @@ def _panoptic_parts(item: Mapping, what: str) -> tuple[np.ndarray, list[Mapping]
     id_map = _to_numpy(id_map)
     if id_map.ndim != 2:
         raise ValueError(f"{what}: the id map must be (H, W); got shape {id_map.shape}.")
-    if np.issubdtype(id_map.dtype, np.floating):
-        if not np.all(id_map == np.round(id_map)):
-            raise ValueError(f"{what}: the id map holds non-integer values.")
+    if np.issubdtype(id_map.dtype, np.floating) and not np.all(id_map == np.round(id_map)):
+        raise ValueError(f"{what}: the id map holds non-integer values.")
     return id_map.astype(np.int64), list(item["segments_info"])
 
 
