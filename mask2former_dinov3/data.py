@@ -1008,6 +1008,11 @@ class InstanceCount:
     exact: bool = True
 
 
+def _densest(counts) -> tuple[int, str]:
+    # The first of the largest (count, where) pairs; (0, "") for none.
+    return max(counts, key=lambda pair: pair[0], default=(0, ""))
+
+
 def count_instances(source, task: str = "instance", max_rows: int = 2000) -> InstanceCount | None:
     """The densest image of a source, counted without decoding images or masks where possible.
 
@@ -1023,15 +1028,14 @@ def count_instances(source, task: str = "instance", max_rows: int = 2000) -> Ins
         source, indices = source.dataset, list(source.indices)
     if isinstance(source, CocoSegmentationSource):
         images = source.images if indices is None else [source.images[i] for i in indices]
-        best, where = 0, ""
-        for info in images:
-            anns = source.annotations[info["id"]]
-            things = sum(1 for a in anns if a["label"] in source.label_map.thing_ids and not a["iscrowd"])
-            stuff = len({a["label"] for a in anns if a["label"] not in source.label_map.thing_ids})
-            count = things + (stuff if task == "panoptic" else 0)
-            if count > best or not where:
-                best, where = count, info["path"]
-        return InstanceCount(best, where, len(images))
+        things = source.label_map.thing_ids
+
+        def coco_count(anns: list[dict]) -> int:
+            stuff = len({a["label"] for a in anns if a["label"] not in things}) if task == "panoptic" else 0
+            return sum(1 for a in anns if a["label"] in things and not a["iscrowd"]) + stuff
+
+        largest, where = _densest((coco_count(source.annotations[info["id"]]), info["path"]) for info in images)
+        return InstanceCount(largest, where, len(images))
     if isinstance(source, SyntheticSegmentationSource):
         stuff = len(source.label_map.stuff_ids) if task == "panoptic" else 0
         return InstanceCount(source.config.max_instances + stuff, f"synthetic {source.split}", len(source), exact=False)
@@ -1039,19 +1043,18 @@ def count_instances(source, task: str = "instance", max_rows: int = 2000) -> Ins
         all_rows = list(range(len(source))) if indices is None else indices
         rows = all_rows[:max_rows]
         annotations = source.dataset.select_columns(["annotation"])  # the images need not be decoded
-        best, where = 0, ""
-        for row in rows:
-            annotation = np.asarray(annotations[row]["annotation"])
-            if annotation.ndim == 3:
-                semantic, instance = annotation[..., 0], annotation[..., 1]
-                count = len(np.unique(instance[instance != 0]))
-                if task == "panoptic":
-                    count += len(np.unique(semantic[instance == 0]))
-            else:
-                count = len(np.unique(annotation)) if task == "panoptic" else 0
-            if count > best or not where:
-                best, where = count, f"{source.name} row {row}"
-        return InstanceCount(best, where, len(rows), exact=len(rows) == len(all_rows))
+
+        def png_count(annotation: np.ndarray) -> int:
+            if annotation.ndim == 2:  # semantic ids only: no instances
+                return len(np.unique(annotation)) if task == "panoptic" else 0
+            semantic, instance = annotation[..., 0], annotation[..., 1]
+            stuff = len(np.unique(semantic[instance == 0])) if task == "panoptic" else 0
+            return len(np.unique(instance[instance != 0])) + stuff
+
+        largest, where = _densest(
+            (png_count(np.asarray(annotations[row]["annotation"])), f"{source.name} row {row}") for row in rows
+        )
+        return InstanceCount(largest, where, len(rows), exact=len(rows) == len(all_rows))
     return None
 
 
