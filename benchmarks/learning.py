@@ -420,7 +420,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def markdown_table(results: dict) -> str:
-    """The README table."""
+    """The table of benchmarks/README.md."""
     lines = [
         "| model | mask AP (mean ± std) | AP50 (mean) | per-seed AP | mask resolution | params | train time / seed |",
         "|---|---|---|---|---|---|---|",

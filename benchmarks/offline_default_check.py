@@ -4,7 +4,7 @@
     python benchmarks/offline_default_check.py out       # recompute, compare, exit 1 on a difference > 1e-6
 
 The validation images are the offline default's deterministic synthetic split (regenerated with the same seed, size
-and shape probabilities as `finetune.DataTrainingArguments`' defaults). The model and its image processor come from
+and shape probabilities as `arguments.DataTrainingArguments`' defaults). The model and its image processor come from
 the output folder through `AutoModelForUniversalSegmentation` / `AutoImageProcessor`; predictions are
 `post_process_instance_segmentation(threshold=0, return_binary_maps=True)` at each image's size; ground truth and
 detections are scored by pycocotools' COCOeval directly (none of the package's metrics or training code runs).
@@ -30,7 +30,7 @@ from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation  
 
 import mask2former_dinov3  # noqa: E402, F401  (registers the Auto classes)
 from mask2former_dinov3.data import SyntheticSegmentationSource  # noqa: E402
-from mask2former_dinov3.finetune import DataTrainingArguments  # noqa: E402
+from mask2former_dinov3.arguments import DataTrainingArguments  # noqa: E402
 
 
 def recompute(output_dir: str, batch_size: int = 16) -> dict[str, float]:

@@ -20,18 +20,17 @@ from pathlib import Path
 import torch
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-from .loading import (
+from .checkpoint_architecture import (
     DINOv3CheckpointError,
-    _describe,
-    _differences,
-    _expected_architecture,
-    _preset_config,
-    _quiet_loading_reports,
-    _really_missing,
     architecture,
+    architecture_differences,
+    describe_architecture,
+    expected_architecture,
+    preset_config,
+    quiet_loading_reports,
+    really_missing,
 )
 from .presets import PRESETS, VIT_TYPE, DINOv3Preset
-
 
 # --- Meta's original key names -> transformers' (hub layout) ---------------------------------------------------------
 
@@ -258,36 +257,36 @@ def load_meta_checkpoint(path: str | os.PathLike, expected: dict | None = None) 
 
     named = _filename_preset(path)
     if named is not None:
-        named_fields = architecture(_preset_config(named))
-        diff = _differences(found, named_fields)
+        named_fields = architecture(preset_config(named))
+        diff = architecture_differences(found, named_fields)
         if diff:
             raise DINOv3CheckpointError(
-                f"{path} is named like Meta's {named.original_filename} ({named.name}, {_describe(named_fields)}) "
-                f"but its tensors are {_describe(found)}: {'; '.join(diff)}. Was the file renamed or truncated?"
+                f"{path} is named like Meta's {named.original_filename} ({named.name}, {describe_architecture(named_fields)}) "
+                f"but its tensors are {describe_architecture(found)}: {'; '.join(diff)}. Was the file renamed or truncated?"
             )
     if expected is not None:
-        diff = _differences(found, expected["fields"])
+        diff = architecture_differences(found, expected["fields"])
         if diff:
             raise DINOv3CheckpointError(
                 f"{path} does not match the requested architecture {expected['name']}: expected "
-                f"{_describe(expected['fields'])}, found {_describe(found)} ({'; '.join(diff)})."
+                f"{describe_architecture(expected['fields'])}, found {describe_architecture(found)} ({'; '.join(diff)})."
             )
 
     # Fields the tensors cannot tell (layer_norm_eps; heads and theta without periods) come from a matching preset,
     # else from the expectation, else transformers' DINOv3ViTConfig defaults (those of every released ViT).
     matches = [named] if named else [
         p for p in PRESETS.values()
-        if p.backbone_type == VIT_TYPE and not _differences(found, architecture(_preset_config(p)))
+        if p.backbone_type == VIT_TYPE and not architecture_differences(found, architecture(preset_config(p)))
     ]  # fmt: skip
     base = dict(architecture(DINOv3ViTConfig()))
     if matches:
-        base.update(architecture(_preset_config(matches[0])))
+        base.update(architecture(preset_config(matches[0])))
     elif expected is not None:
         base.update(expected["fields"])
     elif "num_attention_heads" not in found:
         raise DINOv3CheckpointError(
             f"Cannot tell the number of attention heads of {path}: it has no rope_embed.periods and its shapes "
-            f"({_describe(found)}) match no preset. Pass preset=<name> or a backbone_config with num_attention_heads."
+            f"({describe_architecture(found)}) match no preset. Pass preset=<name> or a backbone_config with num_attention_heads."
         )
     base.update(found)
     base.pop("model_type")
@@ -309,15 +308,15 @@ def convert_meta_checkpoint(
     path, output_dir = os.fspath(path), os.fspath(output_dir)
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; pass --overwrite to replace its files.")
-    expected = _expected_architecture(preset, None)
+    expected = expected_architecture(preset, None)
     meta = load_meta_checkpoint(path, expected[0] if expected else None)
     dtype = next((t.dtype for t in meta.state_dict.values() if t.is_floating_point()), torch.float32)
-    with _quiet_loading_reports():
+    with quiet_loading_reports():
         model, info = DINOv3ViTModel.from_pretrained(
             None, config=meta.config, state_dict=meta.state_dict, dtype=dtype, output_loading_info=True,
             ignore_mismatched_sizes=True,
         )  # fmt: skip
-    problems = _really_missing(model, info["missing_keys"]) + [k for k, *_ in sorted(info["mismatched_keys"])]
+    problems = really_missing(model, info["missing_keys"]) + [k for k, *_ in sorted(info["mismatched_keys"])]
     unexpected = sorted(info["unexpected_keys"])
     if problems or unexpected:
         raise DINOv3CheckpointError(
@@ -329,7 +328,7 @@ def convert_meta_checkpoint(
         "source": path,
         "output_dir": output_dir,
         "preset": meta.preset,
-        "architecture": _describe(architecture(meta.config)),
+        "architecture": describe_architecture(architecture(meta.config)),
         "dtype": str(dtype).replace("torch.", ""),
         "tensors": len(model.state_dict()),
         "ignored": meta.ignored,

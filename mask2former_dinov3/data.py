@@ -226,8 +226,6 @@ def load_image(path: str, source: str = "") -> np.ndarray:
             if getattr(image, "n_frames", 1) > 1:
                 logger.warning("%s%s has %d pages; using the first.", where, path, image.n_frames)
             return to_rgb_array(image, source=f"{where}{path}")
-    except DataError:
-        raise
     except Exception as error:  # PIL raises many types for unreadable files
         raise DataError(f"{where}cannot read image {path}: {error}") from error
 
@@ -265,7 +263,7 @@ class Sample:
     Attributes:
         image: `(H, W, 3)` uint8 RGB, or an image that is not 8-bit as read (`(H, W)` uint16 / int32 / float32),
             which the image processor maps to 8 bits (`image_for_model`).
-        masks: `(N, H, W)` uint8 binary masks; instances may overlap.
+        masks: `(N, H, W)` uint8 binary masks (or a list of `(H, W)` masks); instances may overlap.
         labels: `(N,)` contiguous label ids.
         iscrowd: `(N,)` bool, COCO crowd regions (not trained on as instances; ignored by the metrics).
         is_instance: `(N,)` bool, whether the segment is one object (thing) rather than a stuff region.
@@ -282,9 +280,9 @@ class Sample:
     file_name: str = ""
 
     def __post_init__(self):
-        height, width = self.image.shape[:2]
-        if self.masks.size == 0:
-            self.masks = np.zeros((0, height, width), dtype=np.uint8)
+        # A list of (H, W) masks, possibly empty, or an (N, H, W) array.
+        masks = np.asarray(self.masks, dtype=np.uint8)
+        self.masks = masks if masks.ndim == 3 else masks.reshape(0, *self.image.shape[:2])
         n = len(self.masks)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
         self.iscrowd = np.asarray(self.iscrowd, dtype=bool).reshape(n)
@@ -420,10 +418,8 @@ class CocoSegmentationSource:
             rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
         elif isinstance(segmentation["counts"], list):
             rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:
-            rle = dict(segmentation)
-            if isinstance(rle["counts"], str):
-                rle["counts"] = rle["counts"].encode("ascii")
+        else:  # compressed RLE, its counts as str or bytes
+            rle = segmentation
         return mask_utils.decode(rle).astype(np.uint8)
 
     def __getitem__(self, index: int) -> Sample:
@@ -441,19 +437,13 @@ class CocoSegmentationSource:
         keep = [i for i, m in enumerate(masks) if m.any()]
         return Sample(
             image=image,
-            masks=np.stack([masks[i] for i in keep]) if keep else np.zeros((0, height, width), np.uint8),
+            masks=[masks[i] for i in keep],
             labels=[anns[i]["label"] for i in keep],
             iscrowd=[anns[i]["iscrowd"] for i in keep],
             is_instance=[anns[i]["label"] in self.label_map.thing_ids for i in keep],
             image_id=info["id"],
             file_name=info["path"],
         )
-
-
-def _annotation_array(annotation: Any) -> np.ndarray:
-    if isinstance(annotation, Image.Image):
-        annotation = np.asarray(annotation)
-    return np.asarray(annotation)
 
 
 def segments_from_annotation_png(
@@ -487,9 +477,7 @@ def segments_from_annotation_png(
         masks.append(region.astype(np.uint8))
         labels.append(label_map.to_label(semantic_id, where))
         is_instance.append(True)
-    height, width = semantic.shape
-    stacked = np.stack(masks) if masks else np.zeros((0, height, width), np.uint8)
-    return stacked, labels, is_instance
+    return np.asarray(masks, np.uint8).reshape(-1, *semantic.shape), labels, is_instance
 
 
 class HFSegmentationSource:
@@ -515,7 +503,7 @@ class HFSegmentationSource:
         row = self.dataset[index]
         where = f"{self.name} row {index}"
         image = to_rgb_array(row["image"], where)
-        annotation = _annotation_array(row["annotation"])
+        annotation = np.asarray(row["annotation"])
         if annotation.shape[:2] != image.shape[:2]:
             raise DataError(f"{where}: annotation is {annotation.shape[:2]} but the image is {image.shape[:2]}.")
         masks, labels, is_instance = segments_from_annotation_png(annotation, self.label_map, self.do_reduce_labels, where)
@@ -534,7 +522,7 @@ def thing_semantic_ids(dataset) -> list[int]:
     """Semantic ids that appear with a non-zero instance id anywhere in `dataset` (decodes every annotation)."""
     things = set()
     for annotation in dataset["annotation"]:
-        array = _annotation_array(annotation)
+        array = np.asarray(annotation)
         if array.ndim == 3:
             things.update(np.unique(array[..., 0][array[..., 1] != 0]).tolist())
     return sorted(int(t) for t in things)
@@ -639,10 +627,9 @@ def synthetic_to_sample(item, with_stuff: bool) -> Sample:
                 masks.append((item.panoptic_map == info["id"]).astype(np.uint8))
                 labels.append(int(info["category_id"]))
                 is_instance.append(False)
-    height, width = image.shape[:2]
     return Sample(
         image=image,
-        masks=np.stack(masks) if masks else np.zeros((0, height, width), np.uint8),
+        masks=masks,
         labels=labels,
         iscrowd=[False] * len(labels),
         is_instance=is_instance,
@@ -658,8 +645,7 @@ def synthetic_to_sample(item, with_stuff: bool) -> Sample:
 
 def paint_order(masks: np.ndarray) -> np.ndarray:
     """Indices of `masks` by decreasing area: painted in this order, small objects stay visible on top of large."""
-    areas = masks.reshape(len(masks), -1).sum(1) if len(masks) else np.zeros(0)
-    return np.argsort(-areas, kind="stable")
+    return np.argsort(-masks.sum(axis=(1, 2), dtype=np.int64), kind="stable")
 
 
 def panoptic_segments(sample: Sample) -> tuple[np.ndarray, list[dict]]:
@@ -707,21 +693,19 @@ def training_targets(sample: Sample, task: str) -> tuple[np.ndarray, np.ndarray]
     instance: one mask per non-crowd instance (overlaps kept). semantic: one mask per class present. panoptic: one
     mask per non-crowd instance plus one per stuff class, without overlaps.
     """
-    height, width = sample.image.shape[:2]
     if task == "instance":
-        keep = [i for i in range(len(sample.masks)) if sample.is_instance[i] and not sample.iscrowd[i] and sample.masks[i].any()]
-        masks = sample.masks[keep] if keep else np.zeros((0, height, width), np.uint8)
-        return masks.astype(np.float32), sample.labels[keep].astype(np.int64)
+        keep = sample.is_instance & ~sample.iscrowd & sample.masks.any(axis=(1, 2))
+        return sample.masks[keep].astype(np.float32), sample.labels[keep]
     if task == "semantic":
         semantic = semantic_map(sample)
-        classes = [int(c) for c in np.unique(semantic) if c != IGNORE_INDEX]
-        masks = np.stack([semantic == c for c in classes]) if classes else np.zeros((0, height, width), bool)
-        return masks.astype(np.float32), np.asarray(classes, np.int64)
+        classes = np.setdiff1d(np.unique(semantic), [IGNORE_INDEX])
+        return (semantic == classes[:, None, None]).astype(np.float32), classes.astype(np.int64)
     if task == "panoptic":
         segment_map, infos = panoptic_segments(sample)
         infos = [info for info in infos if not info["iscrowd"]]
-        masks = np.stack([segment_map == info["id"] for info in infos]) if infos else np.zeros((0, height, width), bool)
-        return masks.astype(np.float32), np.asarray([info["label_id"] for info in infos], np.int64)
+        ids = np.array([info["id"] for info in infos], np.int64)
+        masks = (segment_map == ids[:, None, None]).astype(np.float32)
+        return masks, np.array([info["label_id"] for info in infos], np.int64)
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
@@ -788,13 +772,7 @@ def resize_sample(sample: Sample, image_processor) -> Sample:
         np.ascontiguousarray(rgb.transpose(2, 0, 1)), resample=image_processor.resample, **kwargs
     )
     image = np.ascontiguousarray(image.transpose(1, 2, 0))
-    height, width = image.shape[:2]
-    if len(sample.masks):
-        masks = np.stack(
-            [image_processor.resize(m[None], resample=PILImageResampling.NEAREST, **kwargs)[0] for m in sample.masks]
-        ).astype(np.uint8)
-    else:
-        masks = np.zeros((0, height, width), np.uint8)
+    masks = [image_processor.resize(m[None], resample=PILImageResampling.NEAREST, **kwargs)[0] for m in sample.masks]
     return replace(sample, image=image, masks=masks)
 
 
@@ -814,7 +792,7 @@ def crop_sample(sample: Sample, window: Window) -> Sample:
     with no pixel left in the window are dropped (a crop may hold none)."""
     rows, cols = slice(window.top, window.bottom), slice(window.left, window.right)
     masks = sample.masks[:, rows, cols]
-    keep = masks.reshape(len(masks), -1).any(axis=1)
+    keep = masks.any(axis=(1, 2))
     return replace(
         sample, image=np.ascontiguousarray(sample.image[rows, cols]), masks=np.ascontiguousarray(masks[keep]),
         labels=sample.labels[keep], iscrowd=sample.iscrowd[keep], is_instance=sample.is_instance[keep],
@@ -992,23 +970,15 @@ class SegmentationCollator:
         multiple = self.pad_to_multiple_of
         height = math.ceil(max(item["pixel_values"].shape[1] for item in items) / multiple) * multiple
         width = math.ceil(max(item["pixel_values"].shape[2] for item in items) / multiple) * multiple
-        pixel_values = torch.zeros(len(items), 3, height, width)
-        pixel_mask = torch.zeros(len(items), height, width, dtype=torch.long)
-        mask_labels, class_labels = [], []
-        for i, item in enumerate(items):
-            _, h, w = item["pixel_values"].shape
-            pixel_values[i, :, :h, :w] = item["pixel_values"]
-            pixel_mask[i, :h, :w] = 1
-            masks = item["mask_labels"]
-            padded = torch.zeros(masks.shape[0], height, width, dtype=masks.dtype)
-            padded[:, :h, :w] = masks
-            mask_labels.append(padded)
-            class_labels.append(item["class_labels"])
+
+        def pad(tensor: torch.Tensor) -> torch.Tensor:  # zeros below and to the right
+            return torch.nn.functional.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]))
+
         batch = {
-            "pixel_values": pixel_values,
-            "pixel_mask": pixel_mask,
-            "mask_labels": mask_labels,
-            "class_labels": class_labels,
+            "pixel_values": torch.stack([pad(item["pixel_values"]) for item in items]),
+            "pixel_mask": torch.stack([pad(torch.ones(item["pixel_values"].shape[1:], dtype=torch.long)) for item in items]),
+            "mask_labels": [pad(item["mask_labels"]) for item in items],
+            "class_labels": [item["class_labels"] for item in items],
         }
         if "dataset_index" in items[0]:
             batch["dataset_index"] = torch.tensor([int(item["dataset_index"]) for item in items], dtype=torch.long)
@@ -1038,6 +1008,11 @@ class InstanceCount:
     exact: bool = True
 
 
+def _densest(counts) -> tuple[int, str]:
+    # The first of the largest (count, where) pairs; (0, "") for none.
+    return max(counts, key=lambda pair: pair[0], default=(0, ""))
+
+
 def count_instances(source, task: str = "instance", max_rows: int = 2000) -> InstanceCount | None:
     """The densest image of a source, counted without decoding images or masks where possible.
 
@@ -1053,15 +1028,14 @@ def count_instances(source, task: str = "instance", max_rows: int = 2000) -> Ins
         source, indices = source.dataset, list(source.indices)
     if isinstance(source, CocoSegmentationSource):
         images = source.images if indices is None else [source.images[i] for i in indices]
-        best, where = 0, ""
-        for info in images:
-            anns = source.annotations[info["id"]]
-            things = sum(1 for a in anns if a["label"] in source.label_map.thing_ids and not a["iscrowd"])
-            stuff = len({a["label"] for a in anns if a["label"] not in source.label_map.thing_ids})
-            count = things + (stuff if task == "panoptic" else 0)
-            if count > best or not where:
-                best, where = count, info["path"]
-        return InstanceCount(best, where, len(images))
+        things = source.label_map.thing_ids
+
+        def coco_count(anns: list[dict]) -> int:
+            stuff = len({a["label"] for a in anns if a["label"] not in things}) if task == "panoptic" else 0
+            return sum(1 for a in anns if a["label"] in things and not a["iscrowd"]) + stuff
+
+        largest, where = _densest((coco_count(source.annotations[info["id"]]), info["path"]) for info in images)
+        return InstanceCount(largest, where, len(images))
     if isinstance(source, SyntheticSegmentationSource):
         stuff = len(source.label_map.stuff_ids) if task == "panoptic" else 0
         return InstanceCount(source.config.max_instances + stuff, f"synthetic {source.split}", len(source), exact=False)
@@ -1069,19 +1043,18 @@ def count_instances(source, task: str = "instance", max_rows: int = 2000) -> Ins
         all_rows = list(range(len(source))) if indices is None else indices
         rows = all_rows[:max_rows]
         annotations = source.dataset.select_columns(["annotation"])  # the images need not be decoded
-        best, where = 0, ""
-        for row in rows:
-            annotation = _annotation_array(annotations[row]["annotation"])
-            if annotation.ndim == 3:
-                semantic, instance = annotation[..., 0], annotation[..., 1]
-                count = len(np.unique(instance[instance != 0]))
-                if task == "panoptic":
-                    count += len(np.unique(semantic[instance == 0]))
-            else:
-                count = len(np.unique(annotation)) if task == "panoptic" else 0
-            if count > best or not where:
-                best, where = count, f"{source.name} row {row}"
-        return InstanceCount(best, where, len(rows), exact=len(rows) == len(all_rows))
+
+        def png_count(annotation: np.ndarray) -> int:
+            if annotation.ndim == 2:  # semantic ids only: no instances
+                return len(np.unique(annotation)) if task == "panoptic" else 0
+            semantic, instance = annotation[..., 0], annotation[..., 1]
+            stuff = len(np.unique(semantic[instance == 0])) if task == "panoptic" else 0
+            return len(np.unique(instance[instance != 0])) + stuff
+
+        largest, where = _densest(
+            (png_count(np.asarray(annotations[row]["annotation"])), f"{source.name} row {row}") for row in rows
+        )
+        return InstanceCount(largest, where, len(rows), exact=len(rows) == len(all_rows))
     return None
 
 

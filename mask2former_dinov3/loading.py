@@ -27,28 +27,25 @@ from transformers import (
     Mask2FormerForUniversalSegmentation,
     PreTrainedConfig,
 )
-from transformers.utils import logging as transformers_logging
 
-from .presets import CONVNEXT_TYPE, PRESETS, VIT_TYPE, DINOv3Preset, get_preset
-
+from .checkpoint_architecture import (
+    ARCHITECTURE_FIELDS,
+    DINOv3CheckpointError,
+    architecture,
+    architecture_differences,
+    describe_architecture,
+    expected_architecture,
+    preset_config,
+    quiet_loading_reports,
+    really_missing,
+)
+from .presets import CONVNEXT_TYPE, PRESETS, VIT_TYPE, get_preset
 
 logger = logging.getLogger(__name__)
 
 _BACKBONE_CLASSES = {VIT_TYPE: DINOv3ViTBackbone, CONVNEXT_TYPE: DINOv3ConvNextBackbone}
 _CONFIG_CLASSES = {VIT_TYPE: DINOv3ViTConfig, CONVNEXT_TYPE: DINOv3ConvNextConfig}
 _HEAD_TYPES = ("mask2former", "mask2former_dinov3")
-
-# Config fields that define a backbone's architecture (tensor shapes, or the computation its weights were trained
-# for). Checkpoint and expectation must agree on these; every other field (drop_path_rate, out_indices, ...) is a
-# usage setting that `backbone_overrides` may change.
-ARCHITECTURE_FIELDS = {
-    VIT_TYPE: (
-        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "use_gated_mlp", "hidden_act",
-        "patch_size", "num_channels", "num_register_tokens", "query_bias", "key_bias", "value_bias", "proj_bias",
-        "mlp_bias", "layer_norm_eps", "rope_theta",
-    ),
-    CONVNEXT_TYPE: ("hidden_sizes", "depths", "num_channels", "hidden_act", "layer_norm_eps"),
-}  # fmt: skip
 
 # Mask2Former fields that fix the shapes of the pixel decoder and transformer decoder: taken from a `head` checkpoint
 # unless the caller sets them, so that its tensors fit.
@@ -61,44 +58,6 @@ HEAD_ARCHITECTURE_FIELDS = (
 _HEAD_PREFIXES = ("model.pixel_level_module.decoder.", "model.transformer_module.", "class_predictor.")
 _CLASS_HEAD_PREFIX = "class_predictor."
 _ENCODER_SUFFIX = "pixel_level_module.encoder"
-
-
-class DINOv3CheckpointError(ValueError):
-    """A checkpoint is not a (readable, complete) DINOv3 / Mask2Former checkpoint, or not the architecture expected."""
-
-
-
-def _preset_config(preset: DINOv3Preset) -> PreTrainedConfig:
-    return AutoConfig.for_model(preset.backbone_type, **preset.backbone_kwargs)
-
-
-def architecture(config) -> dict:
-    """The architecture fields (``ARCHITECTURE_FIELDS``) of a DINOv3 backbone config, plus its ``model_type``."""
-    fields = {"model_type": config.model_type}
-    for name in ARCHITECTURE_FIELDS.get(config.model_type, ()):
-        value = getattr(config, name)
-        fields[name] = list(value) if isinstance(value, tuple) else value
-    return fields
-
-
-def _differences(found: dict, expected: dict) -> list[str]:
-    return [
-        f"{name}: {found.get(name)!r} in the checkpoint vs {value!r} expected"
-        for name, value in expected.items()
-        if name in found and not _same(found[name], value)
-    ]
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(float(a) - float(b)) <= 1e-6 * max(abs(float(a)), abs(float(b)), 1.0)
-    return a == b
-
-
-def _describe(fields: dict) -> str:
-    shown = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "use_gated_mlp",
-             "hidden_sizes", "depths")  # fmt: skip
-    return f"{fields.get('model_type')}(" + ", ".join(f"{k}={fields[k]}" for k in shown if k in fields) + ")"
 
 
 # --- Locating a backbone / head checkpoint ---------------------------------------------------------------------------
@@ -119,7 +78,7 @@ def checkpoint_name(source: str | os.PathLike) -> str:
     return path.name
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     """True for strings that can only be meant as local paths (hub ids are ``name`` or ``org/name``)."""
     return (
         source.startswith((".", "/", "~"))
@@ -143,30 +102,6 @@ def _read_config_dict(source: str, hub_kwargs: dict, role: str) -> dict:
     except ValueError as err:  # a config.json that is not JSON
         raise DINOv3CheckpointError(f"{role} {source}: its config.json cannot be read ({err}).") from err
     return config_dict
-
-
-@contextlib.contextmanager
-def _quiet_loading_reports():
-    """transformers' own loading report off (errors still shown): `load_dinov3_pretrained` reports the whole load."""
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-
-
-def _expected_architecture(preset: str | None, backbone_config) -> list[dict]:
-    expected = []
-    if preset is not None:
-        p = get_preset(preset)
-        fields = {"model_type": p.backbone_type, **architecture(_preset_config(p))}
-        # Only what the preset specifies is compared (its other fields are transformers' defaults).
-        keep = {"model_type", *p.backbone_kwargs}
-        expected.append({"name": f"preset {p.name!r}", "fields": {k: v for k, v in fields.items() if k in keep}})
-    if backbone_config is not None:
-        expected.append({"name": "the backbone_config passed", "fields": architecture(backbone_config)})
-    return expected
 
 
 def _as_backbone_config(backbone_config):
@@ -199,11 +134,11 @@ def _apply_backbone_overrides(config, overrides: dict | None):
 def _check_against(source: str, found, expected: list[dict]) -> None:
     found_fields = architecture(found)
     for exp in expected:
-        diff = _differences(found_fields, exp["fields"])
+        diff = architecture_differences(found_fields, exp["fields"])
         if diff:
             raise DINOv3CheckpointError(
-                f"Backbone checkpoint {source} does not match {exp['name']}: expected {_describe(exp['fields'])}, "
-                f"the checkpoint is {_describe(found_fields)} ({'; '.join(diff)})."
+                f"Backbone checkpoint {source} does not match {exp['name']}: expected {describe_architecture(exp['fields'])}, "
+                f"the checkpoint is {describe_architecture(found_fields)} ({'; '.join(diff)})."
             )
 
 
@@ -211,14 +146,14 @@ def _resolve_backbone(backbone, preset, backbone_config, hub_kwargs):
     """Where the backbone comes from and its architecture, before any weight is read (except a .pth's)."""
     source = os.fspath(backbone)
     if not os.path.exists(source):
-        if _looks_like_path(source):
+        if looks_like_path(source):
             raise FileNotFoundError(
                 f"Backbone {source!r} does not exist: expected a hub id (e.g. 'facebook/dinov3-vits16-pretrain-"
                 f"lvd1689m'), a DINOv3 preset name, a folder saved with save_pretrained or a Meta .pth file."
             )
         with contextlib.suppress(ValueError):
             source = get_preset(source).hub_id  # "dinov3-vits16" -> its hub id; hub ids map to themselves
-    expected = _expected_architecture(preset, backbone_config)
+    expected = expected_architecture(preset, backbone_config)
 
     if os.path.isfile(source):
         if source.endswith((".safetensors", ".json")):
@@ -247,7 +182,7 @@ def _resolve_backbone(backbone, preset, backbone_config, hub_kwargs):
     _check_against(source, config, expected)
     matched = next(
         (p.name for p in PRESETS.values()
-         if p.backbone_type == model_type and not _differences(architecture(config), architecture(_preset_config(p)))),
+         if p.backbone_type == model_type and not architecture_differences(architecture(config), architecture(preset_config(p)))),
         None,
     )  # fmt: skip
     return {"kind": "pretrained", "source": source, "config": config, "preset": matched}
@@ -259,7 +194,7 @@ def _load_backbone_weights(resolved, backbone_config, hub_kwargs):
     source = resolved["source"]
     kwargs = {"config": copy.deepcopy(backbone_config), "output_loading_info": True, "ignore_mismatched_sizes": True}
     try:
-        with _quiet_loading_reports():
+        with quiet_loading_reports():
             if resolved["kind"] == "pth":
                 model, info = backbone_class.from_pretrained(None, state_dict=resolved["meta"].state_dict, **kwargs)
             else:
@@ -283,24 +218,19 @@ def _load_backbone_weights(resolved, backbone_config, hub_kwargs):
             + ", ".join(f"{k} {tuple(a)} in the file vs {tuple(b)} for the architecture"
                         for k, a, b in sorted(info["mismatched_keys"]))  # fmt: skip
         )
-    missing = _really_missing(model, info["missing_keys"])
+    missing = really_missing(model, info["missing_keys"])
     if missing:
         problems.append(f"missing tensors: {', '.join(missing)}")
     if problems:
         raise DINOv3CheckpointError(
             f"Backbone checkpoint {source} does not fit its own architecture "
-            f"({_describe(architecture(backbone_config))}): {'; '.join(problems)}. The checkpoint is incomplete or "
+            f"({describe_architecture(architecture(backbone_config))}): {'; '.join(problems)}. The checkpoint is incomplete or "
             f"its config.json does not describe it."
         )
     ignored = {k: "not part of the DINOv3 backbone" for k in sorted(info["unexpected_keys"])}
     if resolved["kind"] == "pth":
         ignored = {**resolved["meta"].ignored, **ignored}
     return model, ignored
-
-
-def _really_missing(model, missing_keys) -> list[str]:
-    # A zero-size tensor (register_tokens of a ViT without registers) is absent from Meta's files, not missing.
-    return sorted(k for k in missing_keys if model.get_parameter_or_buffer(k).numel() > 0)
 
 
 def _encoder_prefix(model) -> str:
@@ -330,7 +260,7 @@ def _transfer_head(model, model_class, source, config_dict, hub_kwargs):
     """Copy the head checkpoint's decoder tensors that fit; returns (loaded keys, ignored, skipped)."""
     head_class = Mask2FormerForUniversalSegmentation if config_dict["model_type"] == "mask2former" else model_class
     try:
-        with _quiet_loading_reports():
+        with quiet_loading_reports():
             head_model, head_info = head_class.from_pretrained(source, output_loading_info=True, **hub_kwargs)
     except OSError:
         raise  # a missing hub repo / file: transformers' message names it
@@ -480,5 +410,6 @@ __all__ = [
     "HEAD_ARCHITECTURE_FIELDS",
     "architecture",
     "checkpoint_name",
+    "looks_like_path",
     "load_dinov3_pretrained",
 ]

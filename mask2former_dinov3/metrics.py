@@ -6,29 +6,25 @@ Three accumulators share one pattern:
     for batch in loader:
         ...
         evaluator.update(ground_truths, predictions, image_ids=batch_image_ids)
-    metrics = evaluator.compute()        # gathers every rank's images first when torch.distributed is initialised
+    metrics = evaluator.compute()        # or compute(records) with the merged records of every process
 
 * `InstanceSegmentationEvaluator`: COCO mask AP computed by pycocotools (`COCOeval`, `iouType="segm"`).
 * `SemanticSegmentationEvaluator`: mIoU, per-class IoU and pixel accuracy from a confusion matrix.
 * `PanopticQualityEvaluator`: PQ / SQ / RQ (overall, things, stuff, per class) with the COCO panoptic rules.
 
-Every evaluator keeps one record per image, keyed by an image id. `state()` returns those records as a picklable
-dict, `merge(states)` adds other evaluators' records, and `compute()` all-gathers the states of every rank (with
-`torch.distributed.all_gather_object`) before computing, so that N shards give the same result as one process.
-
-Image ids and counting each image once: pass `image_ids` (e.g. dataset indices or COCO image ids) to `update`.
-`DistributedSampler` pads the last round by giving some images to two ranks; an image id seen in several merged
-states is counted once (the copy from the first state merged, i.e. the lowest rank). Without `image_ids` the
-evaluator numbers images itself as `(shard_id, counter)`, where `shard_id` defaults to the process's rank: ids never
-collide across ranks, but padded duplicates cannot be recognised, and two in-process evaluators must be given
-different `shard_id`s before their states are merged (a collision raises).
+Every evaluator keeps one record per image in `records` (image id -> record, picklable), so evaluation across
+processes is a gather of records: `compute(records)` over the records of every process equals a single process's
+result, whatever the split (records are taken in image-id order). `Mask2FormerTrainer` needs no gather of its own
+(Trainer's gather already drops the images the distributed sampler repeated); its tiled evaluation gathers the
+records with `accelerate.utils.gather_object`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +35,6 @@ __all__ = [
     "InstanceSegmentationEvaluator",
     "PanopticQualityEvaluator",
     "SemanticSegmentationEvaluator",
-    "gather_states",
     "instance_prediction_from_post_processed",
 ]
 
@@ -47,34 +42,8 @@ _NAN = float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Shared machinery: image keys, state merging, all-gather
+# Shared machinery: per-image records
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def _distributed_world() -> tuple[int, int]:
-    """(rank, world size) of the default torch.distributed group, (0, 1) when it is not initialised."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # torch is a dependency of the package, but the metrics themselves do not need it
-        return 0, 1
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_states(state: dict) -> list[dict]:
-    """Every rank's `state` in rank order (`all_gather_object`), or `[state]` without torch.distributed.
-
-    A collective call: when torch.distributed is initialised, every rank must call it.
-    """
-    _, world_size = _distributed_world()
-    if world_size == 1:
-        return [state]
-    import torch.distributed as dist
-
-    gathered: list[Any] = [None] * world_size
-    dist.all_gather_object(gathered, state)
-    return gathered
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -83,40 +52,17 @@ def _to_numpy(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def _normalise_image_id(image_id: Any) -> int | str:
-    if hasattr(image_id, "item") and not isinstance(image_id, (str, bytes)):
-        image_id = image_id.item()
-    if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
-        raise ValueError(
-            f"image ids must be ints or strings (e.g. dataset indices or COCO image ids); got {image_id!r} of type "
-            f"{type(image_id).__name__}."
-        )
-    return image_id
-
-
 def _sort_key(key: Hashable) -> tuple:
-    # A canonical order that does not depend on how images were split into shards: pycocotools breaks score ties by
-    # image order, and float sums depend on summation order.
-    if isinstance(key, tuple):  # automatic id: ("auto", shard_id, counter)
-        return (2, key[1], "", key[2])
-    if isinstance(key, int):
-        return (0, key, "", 0)
-    return (1, 0, key, 0)
+    # A canonical order that does not depend on how images were split into processes: pycocotools breaks score ties
+    # by image order, and float sums depend on summation order.
+    return (0, key, "") if isinstance(key, int) else (1, 0, str(key))
 
 
-class _ImageRecordAccumulator:
-    """Per-image records keyed by image id, with picklable state, merging and distributed gathering."""
+class _ImageRecords:
+    """Per-image records keyed by image id (`records`); `compute` turns any such records into metrics."""
 
-    _kind = "base"
-
-    def __init__(self, shard_id: int | None = None):
-        self._shard_id = shard_id
-        self._records: dict[Hashable, Any] = {}
-        self._auto_counter = 0
-
-    # -- subclass interface
-    def _config(self) -> dict:
-        raise NotImplementedError
+    def __init__(self):
+        self.records: dict[Hashable, Any] = {}
 
     def _compute_from_records(self, records: list[Any]) -> dict:
         raise NotImplementedError
@@ -126,117 +72,40 @@ class _ImageRecordAccumulator:
 
     @staticmethod
     def _per_image(items: Any, what: str) -> list:
-        return _as_list(items, what)
+        if isinstance(items, Mapping):
+            return [items]
+        if isinstance(items, (list, tuple)):
+            return list(items)
+        raise ValueError(
+            f"{what} must be a dict (one image) or a list of dicts (one per image); got {type(items).__name__}."
+        )
 
-    # -- public API
     def update(self, ground_truths: Any, predictions: Any, image_ids: Sequence[int | str] | None = None) -> None:
         """Add images: one ground truth and one prediction per image, in the subclass's format (a single image, a
-        list, or, for semantic maps, a `(B, H, W)` batch). `image_ids` name them; an id seen again replaces its record."""
+        list, or, for semantic maps, a `(B, H, W)` batch), named by `image_ids` (default: the next free numbers)."""
         ground_truths = self._per_image(ground_truths, "ground_truths")
         predictions = self._per_image(predictions, "predictions")
         if len(ground_truths) != len(predictions):
             raise ValueError(f"Got {len(ground_truths)} ground truths but {len(predictions)} predictions.")
-        records = [self._record(gt, pred, i) for i, (gt, pred) in enumerate(zip(ground_truths, predictions))]
-        for key, record in zip(self._keys_for(len(records), image_ids), records):
-            self._records[key] = record
+        if image_ids is None:
+            image_ids = range(len(self.records), len(self.records) + len(ground_truths))
+        image_ids = [i.item() if hasattr(i, "item") else i for i in image_ids]
+        if len(image_ids) != len(ground_truths):
+            raise ValueError(f"Got {len(image_ids)} image_ids for {len(ground_truths)} images; pass one id per image.")
+        for image_id, gt, pred in zip(image_ids, ground_truths, predictions):
+            if image_id in self.records:
+                raise ValueError(f"Image id {image_id!r} was already added; each image must be added once.")
+            self.records[image_id] = self._record(gt, pred, image_id)
 
-    @property
-    def num_images(self) -> int:
-        """Number of images added to this evaluator (locally, before any gathering)."""
-        return len(self._records)
-
-    def reset(self) -> None:
-        """Forget every image added so far."""
-        self._records = {}
-        self._auto_counter = 0
-
-    def state(self) -> dict:
-        """This evaluator's configuration and per-image records as a picklable dict (for `merge` / all-gather)."""
-        return {"kind": self._kind, "config": self._config(), "records": dict(self._records)}
-
-    def merge(self, states: dict | Iterable[dict]) -> None:
-        """Add the images of other evaluators' `state()`s to this one.
-
-        An image id already present is skipped (images that `DistributedSampler` padding gave to two ranks count
-        once). Automatic ids from the same shard are different images, so such a collision raises a `ValueError`.
-        """
-        if isinstance(states, Mapping):
-            states = [states]
-        for state in states:
-            if not isinstance(state, Mapping) or "records" not in state:
-                raise ValueError("merge() takes the dicts returned by state(), or a list of them.")
-            if state.get("kind") != self._kind:
-                raise ValueError(f"Cannot merge a {state.get('kind')!r} evaluator's state into a {self._kind!r} one.")
-            if state["config"] != self._config():
-                raise ValueError(
-                    f"Cannot merge states of differently configured evaluators: {state['config']} vs "
-                    f"{self._config()}. Build every shard's evaluator with the same arguments."
-                )
-            for key, record in state["records"].items():
-                if key not in self._records:
-                    self._records[key] = record
-                elif isinstance(key, tuple):
-                    raise ValueError(
-                        f"Two merged states both hold the automatically numbered image {key[2]} of shard {key[1]}. "
-                        f"Give each in-process shard its own `shard_id=` when constructing the evaluator, or pass "
-                        f"`image_ids=` to update()."
-                    )
-
-    def compute(self, sync: bool = True) -> dict:
-        """The metrics over every image added; with `sync` (default) over every rank's images.
-
-        With torch.distributed initialised and `sync=True` this is a collective call (all ranks must call it) and
-        every rank gets the same result. The local records are left untouched, so `compute` may be called again.
-        """
-        states = gather_states(self.state()) if sync else [self.state()]
-        merged = self._empty_like()
-        merged.merge(states)
-        if not merged._records:
+    def compute(self, records: dict | None = None) -> dict:
+        """The metrics over `records` (default: this evaluator's; pass the merged records of every process)."""
+        records = self.records if records is None else records
+        if not records:
             raise ValueError(f"{type(self).__name__}.compute() was called before any image was added with update().")
-        keys = sorted(merged._records, key=_sort_key)
-        result = self._compute_from_records([merged._records[k] for k in keys])
+        keys = sorted(records, key=_sort_key)
+        result = self._compute_from_records([records[k] for k in keys])
         result["num_images"] = len(keys)
         return result
-
-    # -- helpers
-    def _empty_like(self) -> "_ImageRecordAccumulator":
-        clone = object.__new__(type(self))
-        clone.__dict__.update(self.__dict__)
-        clone._records = {}
-        clone._auto_counter = 0
-        return clone
-
-    def _keys_for(self, count: int, image_ids: Sequence | None) -> list[Hashable]:
-        if image_ids is None:
-            if self._shard_id is None:
-                # Resolved at first use: the evaluator may be built before init_process_group.
-                self._shard_id = _distributed_world()[0]
-            keys = [("auto", self._shard_id, self._auto_counter + i) for i in range(count)]
-            self._auto_counter += count
-            return keys
-        image_ids = list(image_ids)
-        if len(image_ids) != count:
-            raise ValueError(f"Got {len(image_ids)} image_ids for {count} images; pass one id per image.")
-        keys = [_normalise_image_id(i) for i in image_ids]
-        seen = set()
-        for key in keys:
-            if key in self._records or key in seen:
-                raise ValueError(
-                    f"Image id {key!r} was already added to this evaluator. Each image must be added once; use "
-                    f"unique ids (e.g. dataset indices)."
-                )
-            seen.add(key)
-        return keys
-
-
-def _as_list(items: Any, what: str) -> list:
-    if isinstance(items, Mapping):
-        return [items]
-    if isinstance(items, (list, tuple)):
-        return list(items)
-    raise ValueError(
-        f"{what} must be a dict (one image) or a list of dicts (one per image); got {type(items).__name__}."
-    )
 
 
 def _class_names(class_names: Mapping[int, str] | Sequence[str] | None) -> dict[int, str] | None:
@@ -386,7 +255,7 @@ def _coco_annotation(annotation_id: int, image_id: int, label: int, rle: dict, i
     }
 
 
-class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
+class InstanceSegmentationEvaluator(_ImageRecords):
     """COCO mask AP (pycocotools `COCOeval`, `iouType="segm"`), accumulated image by image.
 
     Ground truth, one dict per image:
@@ -403,7 +272,6 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
             category set and `map_per_class` is keyed by name; other labels raise. Otherwise the categories are the
             labels seen in ground truth or predictions, and `map_per_class` is keyed by id.
         max_detections: detections per image kept by COCOeval (its largest `maxDets`; COCO uses 100).
-        shard_id: prefix of automatic image ids (defaults to the torch.distributed rank); see the module docstring.
         area_ranges: `{"small": (low, high), "medium": ..., "large": ...}` in pixels, for `map_small/medium/large`
             (default: COCO's absolute ranges, < 32², 32²-96², > 96²). Data whose size classes are defined otherwise
             (e.g. relative to the image, as the synthetic shapes) pass their own so the report matches them.
@@ -414,42 +282,30 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
     without any ground truth are NaN in `map_per_class` and, as in COCO, do not enter `map`.
     """
 
-    _kind = "instance"
-
     def __init__(
         self,
         class_names: Mapping[int, str] | Sequence[str] | None = None,
         max_detections: int = 100,
-        shard_id: int | None = None,
         area_ranges: Mapping[str, Sequence[float]] | None = None,
     ):
-        super().__init__(shard_id=shard_id)
+        super().__init__()
         self.class_names = _class_names(class_names)
         if max_detections < 1:
             raise ValueError(f"max_detections must be at least 1, got {max_detections}.")
         self.max_detections = int(max_detections)
         self.area_ranges = _area_ranges(area_ranges)
 
-    def _config(self) -> dict:
-        return {"class_names": self.class_names, "max_detections": self.max_detections, "area_ranges": self.area_ranges}
-
     def _record(self, gt: Mapping, pred: Mapping, index: int) -> dict:
-        for what, item, required in (
-            ("ground truth", gt, ("masks", "labels")),
-            ("prediction", pred, ("masks", "labels", "scores")),
-        ):
+        for what, item, required, hint in (
+            ("ground truth", gt, ("masks", "labels"), "+ optional 'iscrowd', 'size'"),
+            ("prediction", pred, ("masks", "labels", "scores"), "use instance_prediction_from_post_processed on "
+             "post-processed outputs"),
+        ):  # fmt: skip
             if not isinstance(item, Mapping):
                 raise ValueError(f"Each {what} must be a dict; got {type(item).__name__}.")
             missing = [k for k in required if k not in item]
             if missing:
-                raise ValueError(
-                    f"{what} of image {index} lacks {missing}; expected keys {list(required)}"
-                    + (
-                        " (+ optional 'iscrowd', 'size')."
-                        if what == "ground truth"
-                        else " (use instance_prediction_from_post_processed on post-processed outputs)."
-                    )
-                )
+                raise ValueError(f"{what} of image {index} lacks {missing}; expected keys {list(required)} ({hint}).")
         size = tuple(int(s) for s in gt["size"]) if gt.get("size") is not None else None
         gt_rles, gt_size = _encode_masks(gt["masks"], size, f"ground-truth masks of image {index}")
         try:
@@ -493,7 +349,6 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
             for rle, label, score in record["pred"]:
                 dt_annotations.append(_coco_annotation(len(dt_annotations) + 1, image_id, label, rle, score=score))
         categories = [{"id": c, "name": str(c)} for c in category_ids]
-        result = {"map_per_class": {}}
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco_gt, coco_dt = COCO(), COCO()
             coco_gt.dataset = {"images": images, "annotations": gt_annotations, "categories": categories}
@@ -509,24 +364,18 @@ class InstanceSegmentationEvaluator(_ImageRecordAccumulator):
                 evaluator.evaluate()
                 evaluator.accumulate()
                 evaluator.summarize()
-        if not category_ids:  # neither ground truth nor predictions: nothing is defined
-            stats = [-1.0] * 12
-        else:
-            stats = [float(s) for s in evaluator.stats]
-        names = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
-        for name, value in zip(names, stats[:6]):
-            result[name] = _NAN if value < 0 else value
-        result["mar_100"] = _NAN if stats[8] < 0 else stats[8]
+        # Neither ground truth nor predictions: nothing is defined.
+        stats = [float(s) for s in evaluator.stats] if category_ids else [-1.0] * 12
+        names = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100")
+        result = {name: _NAN if value < 0 else value for name, value in zip(names, stats[:6] + stats[8:9])}
+        result["map_per_class"] = {}
         for k, category_id in enumerate(category_ids):
             # precision[T, R, K, A, M]: all IoU thresholds and recall points, area "all", largest maxDets.
             precision = evaluator.eval["precision"][:, :, k, 0, -1]
             valid = precision[precision > -1]
             key = self.class_names[category_id] if self.class_names is not None else category_id
             result["map_per_class"][key] = float(valid.mean()) if valid.size else _NAN
-        if self.class_names is not None:
-            for category_id, name in self.class_names.items():
-                result["map_per_class"].setdefault(name, _NAN)
-        return {k: result[k] for k in (*names, "mar_100", "map_per_class")}
+        return result
 
 
 def _area_ranges(area_ranges: Mapping[str, Sequence[float]] | None) -> dict[str, tuple[float, float]] | None:
@@ -549,7 +398,7 @@ def _area_ranges(area_ranges: Mapping[str, Sequence[float]] | None) -> dict[str,
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
+class SemanticSegmentationEvaluator(_ImageRecords):
     """Mean IoU, per-class IoU and pixel accuracy from an accumulated confusion matrix.
 
     `update(ground_truths, predictions, image_ids=None)` takes per image an `(H, W)` map of class ids (numpy or
@@ -559,23 +408,19 @@ class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
         num_classes: class ids are 0 .. num_classes - 1.
         ignore_index: ground-truth value of pixels that are not evaluated (default 255; `None` for none).
         class_names: optional names (list, index = id, or dict id -> name) keying `per_class_iou`.
-        shard_id: prefix of automatic image ids; see the module docstring.
 
     `compute()` returns `mean_iou` (mean over classes present in ground truth or prediction; a class absent from
     both has NaN IoU and is left out), `per_class_iou`, `pixel_accuracy`, `mean_accuracy` (mean per-class recall
     over classes present in ground truth) and `num_images`.
     """
 
-    _kind = "semantic"
-
     def __init__(
         self,
         num_classes: int,
         ignore_index: int | None = 255,
         class_names: Mapping[int, str] | Sequence[str] | None = None,
-        shard_id: int | None = None,
     ):
-        super().__init__(shard_id=shard_id)
+        super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
         self.num_classes = int(num_classes)
@@ -586,9 +431,6 @@ class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
                 f"0..{num_classes - 1} (e.g. 255)."
             )
         self.class_names = _class_names(class_names)
-
-    def _config(self) -> dict:
-        return {"num_classes": self.num_classes, "ignore_index": self.ignore_index, "class_names": self.class_names}
 
     @staticmethod
     def _per_image(maps: Any, what: str) -> list[np.ndarray]:
@@ -630,12 +472,10 @@ class SemanticSegmentationEvaluator(_ImageRecordAccumulator):
         flat = np.flatnonzero(counts)
         return flat.astype(np.int64), counts[flat].astype(np.int64)
 
-    def confusion_matrix(self, sync: bool = True) -> np.ndarray:
-        """`(num_classes, num_classes)` pixel counts, rows = ground truth, columns = prediction."""
-        states = gather_states(self.state()) if sync else [self.state()]
-        merged = self._empty_like()
-        merged.merge(states)
-        return self._confusion(list(merged._records.values()))
+    def confusion_matrix(self, records: dict | None = None) -> np.ndarray:
+        """`(num_classes, num_classes)` pixel counts of `records` (default: this evaluator's), rows = ground truth,
+        columns = prediction."""
+        return self._confusion(list((self.records if records is None else records).values()))
 
     def _confusion(self, records) -> np.ndarray:
         size = self.num_classes**2
@@ -679,13 +519,12 @@ def _panoptic_parts(item: Mapping, what: str) -> tuple[np.ndarray, list[Mapping]
     id_map = _to_numpy(id_map)
     if id_map.ndim != 2:
         raise ValueError(f"{what}: the id map must be (H, W); got shape {id_map.shape}.")
-    if np.issubdtype(id_map.dtype, np.floating):
-        if not np.all(id_map == np.round(id_map)):
-            raise ValueError(f"{what}: the id map holds non-integer values.")
+    if np.issubdtype(id_map.dtype, np.floating) and not np.all(id_map == np.round(id_map)):
+        raise ValueError(f"{what}: the id map holds non-integer values.")
     return id_map.astype(np.int64), list(item["segments_info"])
 
 
-class PanopticQualityEvaluator(_ImageRecordAccumulator):
+class PanopticQualityEvaluator(_ImageRecords):
     """Panoptic quality (PQ = SQ x RQ) with the COCO panoptic rules.
 
     Per image:
@@ -706,19 +545,14 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
         categories: `[{"id", "name", "isthing"}, ...]` (or a dict id -> {"name", "isthing"}); ids are the class ids
             used in both ground truth and predictions (for Mask2Former, its label ids).
         void_id: ground-truth segment id of void pixels (default 0).
-        shard_id: prefix of automatic image ids; see the module docstring.
 
     `compute()` returns `pq`, `sq`, `rq`, the same with `_things` / `_stuff` suffixes, `pq_per_class` (name ->
     PQ; NaN for categories left out), `per_class` (name -> {"pq", "sq", "rq", "tp", "fp", "fn"}), `num_categories`
     (`{"all", "things", "stuff"}` counted in the averages) and `num_images`.
     """
 
-    _kind = "panoptic"
-
-    def __init__(
-        self, categories: Sequence[Mapping] | Mapping[int, Mapping], void_id: int = 0, shard_id: int | None = None
-    ):
-        super().__init__(shard_id=shard_id)
+    def __init__(self, categories: Sequence[Mapping] | Mapping[int, Mapping], void_id: int = 0):
+        super().__init__()
         if isinstance(categories, Mapping):
             categories = [{"id": k, **v} for k, v in categories.items()]
         parsed = {}
@@ -730,9 +564,6 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
             raise ValueError("categories is empty: list every thing and stuff category with its 'isthing' flag.")
         self.categories = parsed
         self.void_id = int(void_id)
-
-    def _config(self) -> dict:
-        return {"categories": self.categories, "void_id": self.void_id}
 
     def _segments(self, segments: list[Mapping], what: str, label_keys: tuple[str, ...]) -> dict[int, tuple[int, int]]:
         parsed = {}
@@ -786,60 +617,40 @@ class PanopticQualityEvaluator(_ImageRecordAccumulator):
         gt_area, pred_area = intersection.sum(axis=1), intersection.sum(axis=0)
         gt_pos = {int(i): n for n, i in enumerate(gt_ids)}
         pred_pos = {int(i): n for n, i in enumerate(pred_ids)}
-        void_row = gt_pos.get(self.void_id)
+        # Pixels of each prediction on void: left out of the union, and ignored for false positives.
+        void = intersection[gt_pos[self.void_id]] if self.void_id in gt_pos else np.zeros(len(pred_ids), np.int64)
+        gt_rows = {gt_pos[s]: v for s, v in gt_segments.items() if s in gt_pos}  # row -> (category, iscrowd)
+        pred_cols = {pred_pos[s]: v[0] for s, v in pred_segments.items() if s in pred_pos}  # column -> category
 
-        stats: dict[int, list] = {}  # category -> [tp, fp, fn, iou_sum]
-
-        def stat(category: int) -> list:
-            return stats.setdefault(category, [0, 0, 0, 0.0])
-
-        gt_present = {s: v for s, v in gt_segments.items() if s in gt_pos}
-        pred_present = {s: v for s, v in pred_segments.items() if s in pred_pos}
-        matched_gt, matched_pred = set(), set()
-        gt_by_row = {gt_pos[s]: (s, v) for s, v in gt_present.items()}
-        pred_by_col = {pred_pos[s]: (s, v) for s, v in pred_present.items()}
+        stats: dict[int, list] = defaultdict(lambda: [0, 0, 0, 0.0])  # category -> [tp, fp, fn, iou_sum]
+        matched_rows, matched_cols = set(), set()
         for row, col in zip(*np.nonzero(intersection)):  # only overlapping pairs can match
-            if row not in gt_by_row or col not in pred_by_col:
-                continue
-            (gt_id, (gt_category, gt_crowd)), (pred_id, (pred_category, _)) = gt_by_row[row], pred_by_col[col]
-            if gt_crowd or pred_category != gt_category:
+            if row not in gt_rows or col not in pred_cols or gt_rows[row][1] or pred_cols[col] != gt_rows[row][0]:
                 continue
             overlap = int(intersection[row, col])
-            void_overlap = int(intersection[void_row, col]) if void_row is not None else 0
-            union = int(gt_area[row]) + int(pred_area[col]) - overlap - void_overlap
-            iou = overlap / union
+            iou = overlap / (int(gt_area[row]) + int(pred_area[col]) - overlap - int(void[col]))
             if iou > 0.5:  # IoU > 0.5 makes the match unique: no assignment step is needed
-                entry = stat(gt_category)
-                entry[0] += 1
-                entry[3] += iou
-                matched_gt.add(gt_id)
-                matched_pred.add(pred_id)
-        crowd_rows: dict[int, list[int]] = {}
-        for gt_id, (gt_category, gt_crowd) in gt_present.items():
-            if gt_crowd:
-                crowd_rows.setdefault(gt_category, []).append(gt_pos[gt_id])
-            elif gt_id not in matched_gt:
-                stat(gt_category)[2] += 1
-        for pred_id, (pred_category, _) in pred_present.items():
-            if pred_id in matched_pred:
-                continue
-            col = pred_pos[pred_id]
-            ignored = int(intersection[void_row, col]) if void_row is not None else 0
-            ignored += sum(int(intersection[r, col]) for r in crowd_rows.get(pred_category, []))
-            if ignored / int(pred_area[col]) > 0.5:
-                continue
-            stat(pred_category)[1] += 1
-        return stats
+                stats[pred_cols[col]][0] += 1
+                stats[pred_cols[col]][3] += iou
+                matched_rows.add(row)
+                matched_cols.add(col)
+        crowd_rows: dict[int, list[int]] = defaultdict(list)
+        for row, (category, crowd) in gt_rows.items():
+            if crowd:
+                crowd_rows[category].append(row)
+            elif row not in matched_rows:
+                stats[category][2] += 1
+        for col, category in pred_cols.items():
+            ignored = int(void[col]) + sum(int(intersection[row, col]) for row in crowd_rows[category])
+            if col not in matched_cols and ignored / int(pred_area[col]) <= 0.5:
+                stats[category][1] += 1
+        return dict(stats)
 
     def _compute_from_records(self, records: list[dict[int, list]]) -> dict:
         totals = {c: [0, 0, 0, 0.0] for c in self.categories}
         for record in records:  # canonical image order: the IoU sums are bit-identical however images were sharded
-            for category, (tp, fp, fn, iou) in record.items():
-                total = totals[category]
-                total[0] += tp
-                total[1] += fp
-                total[2] += fn
-                total[3] += iou
+            for category, values in record.items():
+                totals[category] = [total + value for total, value in zip(totals[category], values)]
         per_class, included = {}, {"all": [], "things": [], "stuff": []}
         for category in sorted(self.categories):
             name, isthing = self.categories[category]

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-__all__ = ["OVERLAY_MIN_SIDE", "distinct_segments", "draw_segments"]
+__all__ = ["OVERLAY_MIN_SIDE", "distinct_segments", "draw_segments", "label_font", "side_by_side"]
 
 
 def _palette(n: int) -> np.ndarray:
@@ -60,7 +60,8 @@ def distinct_segments(
     return kept
 
 
-def _font(size: int):
+def label_font(size: int):
+    """PIL's default font at `size` pixels (its small bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has only its small bitmap font
@@ -87,7 +88,7 @@ def draw_segments(
     canvas = np.asarray(base.resize(size, Image.BILINEAR) if scale > 1 else base, dtype=np.float32).copy()
     palette = _palette(len(names))
     keep = distinct_segments(masks, scores)
-    font = _font(max(12, round(min(size) / 32)))
+    font = label_font(max(12, round(min(size) / 32)))
     if not keep and empty_text:
         grey = canvas.mean(axis=-1, keepdims=True) * 0.35 + 40
         result = Image.fromarray(np.repeat(grey, 3, axis=-1).clip(0, 255).astype(np.uint8))
@@ -127,3 +128,16 @@ def draw_segments(
         draw.text((x, y), text, fill=(0, 0, 0), font=font)
         placed.append(box)
     return result
+
+
+def side_by_side(left: Image.Image, right: Image.Image, titles: Sequence[str], gap: int = 4) -> Image.Image:
+    """Two equally sized panels next to each other on white, each under its title (e.g. ground truth, prediction)."""
+    width, height = left.size
+    font = label_font(max(12, round(min(width, height) / 32)))
+    header_height = font.getbbox("Ag")[3] + 6
+    panel = Image.new("RGB", (2 * width + gap, height + header_height), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    for x, image, title in ((0, left, titles[0]), (width + gap, right, titles[1])):
+        panel.paste(image, (x, header_height))
+        draw.text((x + 2, 2), title, fill=(0, 0, 0), font=font)
+    return panel

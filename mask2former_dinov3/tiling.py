@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from transformers.image_utils import SizeDict
 
+from .inference import forward_images
+
 
 __all__ = [
     "TILING_FILE",
@@ -315,8 +317,6 @@ def predict_tiled(
         `task="instance"`: a list of `Instance` (label ids are the model's). `task="semantic"`: a `(H, W)` tensor of
         label ids.
     """
-    from .predict import forward_images  # predict imports this module
-
     if task not in ("instance", "semantic"):
         raise ValueError(f"tiled prediction supports task 'instance' or 'semantic', got {task!r}")
     image = image.convert("RGB")

@@ -12,25 +12,28 @@
   metrics look the ground truth up in the evaluated dataset, each image once, so every process gets the numbers of
   a single-process evaluation. With `tile_size` (training on native-resolution crops) it evaluates by tiles
   instead (`tiled_prediction`, the same tiles as `mask2former-dinov3-predict --tile`), with the same metrics.
-* `write_model_card`, `save_prediction_overlays` (drawn by `mask2former_dinov3.overlays.draw_segments`).
+* `Mask2FormerTrainer.create_model_card`: Trainer's card with `model_card_sections` appended (backbone origin,
+  labels, per-class metrics, queries, intended use, limitations, usage).
+* `save_prediction_overlays` (drawn by `mask2former_dinov3.overlays.draw_segments`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
+from accelerate.utils import gather_object
 from transformers import Trainer
 from transformers.trainer_utils import speed_metrics
 
@@ -41,7 +44,7 @@ from .metrics import (
     SemanticSegmentationEvaluator,
     instance_prediction_from_post_processed,
 )
-from .overlays import _font, draw_segments
+from .overlays import draw_segments, side_by_side
 from .tiling import predict_tiled
 
 
@@ -217,12 +220,12 @@ class SegmentationMetrics:
     """Trainer's `compute_metrics` for segmentation, with `batch_eval_metrics=True`.
 
     Each call gets one gathered batch: `predictions` = `(class_queries_logits, masks_queries_logits)` and
-    `label_ids` = the dataset indices of its images (see `Mask2FormerTrainer.prediction_step`). The ground truth is
-    looked up in the dataset being evaluated (`start(dataset)`, which `Mask2FormerTrainer.evaluate` calls), the
-    predictions are post-processed with `post_process_predictions`, and an image seen before (an image the
-    distributed sampler repeated) is skipped. With `compute_result=True` (the last batch) the metrics are returned,
-    flattened (`flatten_metrics`), with `num_images`. Every process receives every gathered batch, so each
-    computes the same numbers by itself.
+    `label_ids` = the dataset indices of its images (see `Mask2FormerTrainer.prediction_step`). Trainer's gather
+    already drops the images the distributed sampler repeated, and every process receives every gathered batch, so
+    each computes the numbers of a single-process evaluation by itself. The ground truth is looked up in the dataset
+    being evaluated (`start(dataset)`, which `Mask2FormerTrainer.evaluate` calls), the predictions are post-processed
+    with `post_process_predictions`. With `compute_result=True` (the last batch) the metrics are returned, flattened
+    (`flatten_metrics`), with `num_images`.
 
     Args:
         task: "instance", "semantic" or "panoptic".
@@ -250,72 +253,32 @@ class SegmentationMetrics:
         self.panoptic_threshold = panoptic_threshold
         self.dataset = None
         self.evaluator = None
-        self.seen: set[int] = set()
-
-    def make_evaluator(self):
-        """A fresh metric accumulator for the task."""
-        label_map = self.label_map
-        if self.task == "instance":
-            # A source whose size classes are not COCO's (the synthetic shapes) reports its own.
-            area_ranges = getattr(getattr(self.dataset, "source", None), "area_ranges", None)
-            return InstanceSegmentationEvaluator(class_names=label_map.id2label, area_ranges=area_ranges)
-        if self.task == "semantic":
-            return SemanticSegmentationEvaluator(
-                num_classes=label_map.num_labels, ignore_index=IGNORE_INDEX, class_names=label_map.id2label
-            )
-        categories = [
-            {"id": i, "name": name, "isthing": int(i in label_map.thing_ids)} for i, name in label_map.id2label.items()
-        ]
-        return PanopticQualityEvaluator(categories)
 
     def start(self, dataset) -> None:
-        """Begin an evaluation of `dataset` (a `SegmentationDataset(for_evaluation=True)`): forget earlier images."""
+        """Begin an evaluation of `dataset` (a `SegmentationDataset(for_evaluation=True)`) with a fresh evaluator."""
         if not hasattr(dataset, "ground_truth"):
             raise ValueError(
                 f"Segmentation metrics need the evaluated dataset's ground truth: pass a SegmentationDataset built "
                 f"with for_evaluation=True, got {type(dataset).__name__}."
             )
         self.dataset = dataset
-        self.evaluator = self.make_evaluator()
-        self.seen = set()
-
-    def _unseen(self, indices) -> tuple[list[int], list[int]]:
-        # Positions and indices of the images not added yet (the distributed sampler repeats some), marked seen.
-        indices = [int(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
-        keep = []
-        for position, index in enumerate(indices):
-            if index not in self.seen:
-                self.seen.add(index)
-                keep.append(position)
-        return keep, indices
-
-    def add_predictions(self, indices: Sequence[int], predictions: Sequence[Any]) -> None:
-        """Add images by dataset index with predictions already in the evaluator's format (e.g. tiled ones)."""
-        keep, indices = self._unseen(indices)
-        if keep:
-            truths = [self.dataset.ground_truth(indices[k])[1] for k in keep]
-            self.evaluator.update(truths, [predictions[k] for k in keep], image_ids=[indices[k] for k in keep])
-
-    def update(self, class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor, indices) -> None:
-        """Add one batch: its logits and the dataset indices of its images (repeated images are skipped)."""
-        keep, indices = self._unseen(indices)
-        if not keep:
-            return
-        truths = [self.dataset.ground_truth(indices[k]) for k in keep]
-        predictions = post_process_predictions(
-            self.image_processor,
-            class_queries_logits[keep],
-            masks_queries_logits[keep],
-            self.task,
-            [size for size, _ in truths],
-            instance_threshold=self.instance_threshold,
-            panoptic_threshold=self.panoptic_threshold,
-            label_ids_to_fuse=set(self.label_map.stuff_ids),
-        )
-        self.evaluator.update([truth for _, truth in truths], predictions, image_ids=[indices[k] for k in keep])
+        label_map = self.label_map
+        if self.task == "instance":
+            # A source whose size classes are not COCO's (the synthetic shapes) reports its own.
+            area_ranges = getattr(getattr(dataset, "source", None), "area_ranges", None)
+            self.evaluator = InstanceSegmentationEvaluator(class_names=label_map.id2label, area_ranges=area_ranges)
+        elif self.task == "semantic":
+            self.evaluator = SemanticSegmentationEvaluator(
+                num_classes=label_map.num_labels, ignore_index=IGNORE_INDEX, class_names=label_map.id2label
+            )
+        else:
+            categories = [{"id": i, "name": name, "isthing": int(i in label_map.thing_ids)}
+                          for i, name in label_map.id2label.items()]  # fmt: skip
+            self.evaluator = PanopticQualityEvaluator(categories)
 
     def __call__(self, eval_prediction, compute_result: bool = False) -> dict[str, float] | None:
-        """Trainer's batch-wise `compute_metrics(eval_prediction, compute_result)`."""
+        """Trainer's batch-wise `compute_metrics(eval_prediction, compute_result)`: adds one gathered batch (its
+        logits, and the dataset indices of its images as `label_ids`)."""
         if self.evaluator is None:
             raise RuntimeError(
                 "SegmentationMetrics.start(dataset) was not called: evaluate through Mask2FormerTrainer.evaluate(), "
@@ -327,20 +290,21 @@ class SegmentationMetrics:
                 "Segmentation metrics expect (class_queries_logits, masks_queries_logits) batches: use "
                 "Mask2FormerTrainer with batch_eval_metrics=True and eval_do_concat_batches=False."
             )
-        self.update(predictions[0], predictions[1], eval_prediction.label_ids)
-        if not compute_result:
-            return None
-        # Every process already holds every gathered batch: no further synchronisation.
-        return self.result(sync=False)
+        indices = [int(i) for i in torch.as_tensor(eval_prediction.label_ids).reshape(-1).tolist()]
+        truths = [self.dataset.ground_truth(i) for i in indices]
+        predictions = post_process_predictions(
+            self.image_processor, predictions[0], predictions[1], self.task, [size for size, _ in truths],
+            instance_threshold=self.instance_threshold, panoptic_threshold=self.panoptic_threshold,
+            label_ids_to_fuse=set(self.label_map.stuff_ids),
+        )  # fmt: skip
+        self.evaluator.update([truth for _, truth in truths], predictions, image_ids=indices)
+        return self.result() if compute_result else None
 
-    def result(self, sync: bool) -> dict[str, float]:
-        """The flattened metrics of the images added since `start`, with `num_images`; with `sync`, over the images
-        of every process (a collective call when torch.distributed is initialised)."""
-        metrics = self.evaluator.compute(sync=sync)
+    def result(self, records: dict | None = None) -> dict[str, float]:
+        """The flattened metrics of `records` (default: the images added since `start`), with `num_images`."""
+        metrics = self.evaluator.compute(records)
         num_images = int(metrics.pop("num_images"))
-        flat = flatten_metrics(metrics)
-        flat["num_images"] = float(num_images)
-        return flat
+        return {**flatten_metrics(metrics), "num_images": float(num_images)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -357,7 +321,6 @@ class Mask2FormerTrainer(Trainer):
         task: "instance", "semantic" or "panoptic" (chooses the post-processing and metric).
         label_map: the `LabelMap` of the data (class names, things / stuff).
         image_processor: used for post-processing (`post_process_*_segmentation`).
-        backbone_lr_multiplier, layer_decay: see `build_param_groups`.
         instance_threshold: score threshold of `post_process_instance_segmentation` for mAP (default 0: keep every
             query, as COCO AP expects ranked detections).
         panoptic_threshold: `threshold` of `post_process_panoptic_segmentation`.
@@ -376,16 +339,12 @@ class Mask2FormerTrainer(Trainer):
         task: str = "instance",
         label_map: LabelMap | None = None,
         image_processor=None,
-        backbone_lr_multiplier: float = 1.0,
-        layer_decay: float | None = None,
         instance_threshold: float = 0.0,
         panoptic_threshold: float = 0.5,
         tile_size: tuple[int, int] | None = None,
         tile_overlap: int = 0,
         **kwargs,
     ):
-        if task not in MAIN_METRIC:
-            raise ValueError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
         if tile_size is not None and task == "panoptic":
             raise ValueError("tiled evaluation supports the instance and semantic tasks, not panoptic")
         self.tile_size = None if tile_size is None else (int(tile_size[0]), int(tile_size[1]))
@@ -406,15 +365,15 @@ class Mask2FormerTrainer(Trainer):
             self.args.batch_eval_metrics = True
             self.args.eval_do_concat_batches = False
         # Task, labels, processor and thresholds live in `segmentation_metrics`, their one user.
-        self.backbone_lr_multiplier = backbone_lr_multiplier
-        self.layer_decay = layer_decay
+        self.card_details: ModelCardDetails | None = None  # set before create_model_card
         # Mask2Former normalises its loss itself (by the number of masks): Trainer must not rescale it.
         self.model_accepts_loss_kwargs = False
 
     # -- optimizer ----------------------------------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
-        """Trainer's optimizer (`--optim`, AdamW by default) over `build_param_groups`'s groups."""
+        """Trainer's optimizer (`--optim`, AdamW by default) over `build_param_groups`'s groups, with the args'
+        `backbone_lr_multiplier` and `layer_decay` (`SegmentationTrainingArguments`; plain `TrainingArguments`: 1, none)."""
         if self.optimizer is not None:
             return self.optimizer
         opt_model = self.model if model is None else model
@@ -428,12 +387,13 @@ class Mask2FormerTrainer(Trainer):
         if special or is_optimizer_factory(optimizer_cls):
             logger.warning("--optim %s builds its own parameter groups: backbone LR multiplier / layer decay not applied.", self.args.optim)
             return super().create_optimizer(model)
+        multiplier = getattr(self.args, "backbone_lr_multiplier", None)
         groups = build_param_groups(
             opt_model,
             learning_rate=self.args.learning_rate,
             weight_decay=self.args.weight_decay,
-            backbone_lr_multiplier=self.backbone_lr_multiplier,
-            layer_decay=self.layer_decay,
+            backbone_lr_multiplier=1.0 if multiplier is None else multiplier,
+            layer_decay=getattr(self.args, "layer_decay", None),
             decay_parameter_names=self.get_decay_parameter_names(opt_model),
         )
         for group in groups:
@@ -459,7 +419,7 @@ class Mask2FormerTrainer(Trainer):
 
     def _evaluate_tiled(self, dataset, metric_key_prefix: str) -> dict[str, float]:
         # Whole images at native resolution have no common size for Trainer's batched loop (nor a loss): each
-        # process predicts its share by tiles, and the evaluator gathers the records of all processes.
+        # process predicts its share by tiles, then the per-image records of every process are gathered.
         metrics_of = self.segmentation_metrics
         metrics_of.start(dataset)
         model = self.accelerator.unwrap_model(self.model)
@@ -472,9 +432,10 @@ class Mask2FormerTrainer(Trainer):
                 model, dataset, index, self.tile_size, self.tile_overlap, threshold=threshold,
                 batch_size=self.args.per_device_eval_batch_size,
             )  # fmt: skip
-            metrics_of.add_predictions([index], [prediction])
+            metrics_of.evaluator.update([dataset.ground_truth(index)[1]], [prediction], image_ids=[index])
         model.train(was_training)
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics_of.result(sync=True).items()}
+        records = {k: v for part in gather_object([metrics_of.evaluator.records]) for k, v in part.items()}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics_of.result(records).items()}
         metrics.update(speed_metrics(metric_key_prefix, start, num_samples=len(dataset)))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -509,6 +470,34 @@ class Mask2FormerTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, logits, indices
+
+    def create_model_card(self, **kwargs) -> None:
+        """Trainer's model card (its hyperparameters, results and versions), with `model_card_sections` appended
+        when `card_details` is set; `push_to_hub` writes the same card."""
+        details = self.card_details
+        if details is not None:
+            kwargs.setdefault("tags", ["image-segmentation", f"{details.task}-segmentation", "mask2former", "dinov3"])
+            # Only a hub id is a model Trainer may link to; None lets it say "trained from scratch".
+            base = details.base_model
+            kwargs.setdefault("finetuned_from", base if base and not os.path.exists(base) and "/" in base else None)
+        super().create_model_card(**kwargs)
+        if details is None or not self.is_world_process_zero():
+            return
+        path = os.path.join(self.args.output_dir, "README.md")
+        with open(path, encoding="utf-8") as handle:
+            card = handle.read()
+        folder = os.path.basename(os.path.normpath(self.args.output_dir))
+        if details.base_model and kwargs["finetuned_from"] is None:  # a local folder or file: named, not linked
+            card = card.replace("This model was trained from scratch on", f"This model is a fine-tuned version of "
+                                f"`{details.base_model}` on")  # fmt: skip
+        card = card.replace("on an unknown dataset.", f"on {details.dataset_description}.")
+        for heading, text in (("Model description", "See *Mask2Former + DINOv3* below."),
+                              ("Intended uses & limitations", "See *Intended use* and *Limitations* below."),
+                              ("Training and evaluation data", details.dataset_description + ".")):  # fmt: skip
+            card = card.replace(f"## {heading}\n\nMore information needed", f"## {heading}\n\n{text}")
+        config = self.accelerator.unwrap_model(self.model).config
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(card.rstrip("\n") + "\n" + model_card_sections(config, details, folder))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -582,15 +571,7 @@ def save_prediction_overlays(
         left = draw_segments(image, truth_masks, truth_labels, names, empty_text="no annotated objects")
         right = draw_segments(image, masks, labels, names, scores,
                               empty_text=f"no prediction above threshold {threshold:g}")  # fmt: skip
-        width, height = left.size
-        font = _font(max(12, round(min(width, height) / 32)))
-        header_height = font.getbbox("Ag")[3] + 6
-        panel = Image.new("RGB", (2 * width + 4, height + header_height), (255, 255, 255))
-        panel.paste(left, (0, header_height))
-        panel.paste(right, (width + 4, header_height))
-        header = ImageDraw.Draw(panel)
-        header.text((2, 2), "ground truth", fill=(0, 0, 0), font=font)
-        header.text((width + 6, 2), "prediction", fill=(0, 0, 0), font=font)
+        panel = side_by_side(left, right, ("ground truth", "prediction"))
         stem = re.sub(r"[^0-9A-Za-z_-]+", "_", os.path.splitext(os.path.basename(str(sample.file_name)))[0])[-60:]
         path = os.path.join(output_dir, f"{index:03d}_{stem or sample.image_id}.png")
         panel.save(path)
@@ -600,8 +581,22 @@ def save_prediction_overlays(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Model card
+# Model card: Trainer's, with this model's own sections
 # --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelCardDetails:
+    """What `Mask2FormerTrainer.create_model_card` adds to Trainer's card. No field may hold a local path: the card
+    is shared (names are hub ids, or a folder's / file's last component)."""
+
+    task: str
+    dataset_description: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] | None = None
+    base_model: str | None = None  # the Mask2FormerDINOv3 model fine-tuned from (hub id or folder name)
+    thing_ids: Sequence[int] | None = None
+    tiling: tuple[tuple[int, int], int] | None = None
 
 
 def _format(value: Any) -> str:
@@ -610,24 +605,10 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def write_model_card(
-    output_dir: str,
-    config,
-    task: str,
-    metrics: dict[str, float] | None,
-    settings: dict[str, Any],
-    dataset_description: str,
-    base_model: str | None = None,
-    tiling: tuple[tuple[int, int], int] | None = None,
-) -> str:
-    """Write `README.md` in `output_dir`: what the model is, its labels, the metrics table and the training settings.
-
-    `metrics` are the evaluation metrics (keys with or without the `eval_` prefix); `settings` is a flat dict of
-    training settings shown as a table; `tiling` (`((H, W), overlap)`, a model trained on native-resolution crops)
-    adds how to run it by tiles. Returns the path.
-    """
-    # The usage snippets name the folder as it is shared: by its name (a hub repo takes the same name), never a path.
-    folder = os.path.basename(os.path.normpath(output_dir))
+def model_card_sections(config, details: ModelCardDetails, folder: str) -> str:
+    """Markdown appended to Trainer's card: backbone origin, labels, metrics (main and per class), the settings
+    Trainer does not list, intended use, limitations and usage snippets for the folder named `folder`."""
+    task, description, metrics = details.task, details.dataset_description, details.metrics
     backbone = config.backbone_config
     backbone_desc = (
         f"DINOv3 ViT ({backbone.num_hidden_layers} blocks, width {backbone.hidden_size}, tapped blocks "
@@ -635,170 +616,111 @@ def write_model_card(
         if backbone.model_type == "dinov3_vit"
         else f"DINOv3 ConvNeXt (widths {backbone.hidden_sizes}, depths {backbone.depths})"
     )
-    tags = ["image-segmentation", f"{task}-segmentation", "mask2former", "dinov3", "mask2former_dinov3"]
-    front = ["---", "library_name: transformers", "pipeline_tag: image-segmentation", "tags:"]
-    front += [f"- {t}" for t in tags]
-    if base_model and not os.path.exists(base_model):  # only hub ids mean something to a reader of the card
-        front.append(f"base_model: {base_model}")
-    front.append("---")
-    checkpoint = getattr(config, "backbone_checkpoint", None)
-    # A local folder's name only: the card is shared, the path is not.
-    base_name = os.path.basename(os.path.normpath(base_model)) if base_model and os.path.exists(base_model) else base_model
-    synthetic = "synthetic" in dataset_description
+    checkpoint, base = getattr(config, "backbone_checkpoint", None), details.base_model
+    synthetic = "synthetic" in description
     if checkpoint:
         origin = f" initialised from the pretrained DINOv3 checkpoint `{checkpoint}`, fine-tuned"
         weights = f"Backbone weights: `{checkpoint}` (pretrained DINOv3)."
-    elif base_model:
-        origin = f", fine-tuned from the Mask2FormerDINOv3 model `{base_name}`"
-        weights = (
-            f"Backbone weights: from `{base_name}`, whose configuration records no pretrained DINOv3 checkpoint "
-            "(its backbone most likely started from random initialisation)."
-        )
+    elif base:
+        origin = f", fine-tuned from the Mask2FormerDINOv3 model `{base}`"
+        weights = (f"Backbone weights: from `{base}`, whose configuration records no pretrained DINOv3 checkpoint "
+                   "(its backbone most likely started from random initialisation).")  # fmt: skip
     else:
         origin = ", trained from scratch (random initialisation, no pretrained weights)"
         weights = "Backbone weights: random initialisation (no pretrained DINOv3 checkpoint)."
-    lines = front + [
-        "",
-        f"# Mask2Former + DINOv3 ({task} segmentation)",
-        "",
-        f"Mask2Former with a {backbone_desc} backbone{origin} with `run_instance_seg.py` (mask2former-dinov3) on "
-        f"{dataset_description}.",
-        "",
-        weights,
-    ]
-    lines += ["", "## Labels", "", "| id | label | kind |", "|---|---|---|"]
-    things = set()
-    if settings.get("thing_ids") is not None:
-        things = set(settings.pop("thing_ids"))
-    for i, name in sorted(config.id2label.items()):
-        lines.append(f"| {i} | {name} | {'thing' if not things or i in things else 'stuff'} |")
-    lines += ["", "## Evaluation", ""]
+    lines = ["", f"## Mask2Former + DINOv3 ({task} segmentation)", "",
+             f"Mask2Former with a {backbone_desc} backbone{origin} with `run_instance_seg.py` (mask2former-dinov3) on "
+             f"{description}.", "", weights, "", "### Labels", "", "| id | label | kind |", "|---|---|---|"]  # fmt: skip
+    things = set(details.thing_ids or ())
+    lines += [f"| {i} | {name} | {'thing' if not things or i in things else 'stuff'} |"
+              for i, name in sorted(config.id2label.items())]  # fmt: skip
+    lines += ["", "### Evaluation", ""]
     if metrics:
-        main_keys = {
-            "instance": ["map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"],
-            "semantic": ["mean_iou", "pixel_accuracy", "mean_accuracy"],
-            "panoptic": ["pq", "sq", "rq", "pq_things", "sq_things", "rq_things", "pq_stuff", "sq_stuff", "rq_stuff"],
-        }[task]
-        clean = {k[len("eval_") :] if k.startswith("eval_") else k: v for k, v in metrics.items()}
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_format(clean[k])} |" for k in main_keys if k in clean]
-        if "loss" in clean:
-            lines.append(f"| loss | {_format(clean['loss'])} |")
-        if "num_images" in clean:
-            lines.append(f"| images | {int(clean['num_images'])} |")
-        per_class_prefix = {"instance": "map_", "semantic": "iou_", "panoptic": "pq_"}[task]
-        per_class = [(name, clean.get(f"{per_class_prefix}{re.sub(r'[^0-9A-Za-z_-]+', '_', name)}")) for name in config.id2label.values()]
-        if any(v is not None for _, v in per_class):
-            metric_name = {"instance": "mask AP", "semantic": "IoU", "panoptic": "PQ"}[task]
-            lines += ["", f"Per class ({metric_name}):", "", f"| class | {metric_name} |", "|---|---|"]
-            lines += [f"| {name} | {_format(v)} |" for name, v in per_class if v is not None]
-        metric_source = {
-            "instance": "COCO mask AP computed by pycocotools (`COCOeval`, `iouType=\"segm\"`) on "
-            "`post_process_instance_segmentation` outputs at the images' original size",
-            "semantic": "mean IoU over classes present in ground truth or prediction (unlabelled pixels ignored)",
-            "panoptic": "panoptic quality with the COCO panoptic matching rules (IoU > 0.5)",
-        }[task]
-        lines += ["", f"Metrics: {metric_source}."]
+        # Trainer's card lists every metric above; this section adds the per-class table and how it was computed.
+        clean = {k.removeprefix("eval_"): v for k, v in metrics.items()}
+        main = MAIN_METRIC[task]
+        lines.append(f"{main}: {_format(clean.get(main, math.nan))} on {int(clean.get('num_images', 0))} images.")
+        prefix, name = {"instance": ("map", "mask AP"), "semantic": ("iou", "IoU"), "panoptic": ("pq", "PQ")}[task]
+        per_class = [(label, clean.get(f"{prefix}_{re.sub(r'[^0-9A-Za-z_-]+', '_', label)}"))
+                     for label in config.id2label.values()]  # fmt: skip
+        lines += ["", f"Per class ({name}):", "", f"| class | {name} |", "|---|---|"]
+        lines += [f"| {label} | {_format(value)} |" for label, value in per_class if value is not None]
+        source = {"instance": "COCO mask AP computed by pycocotools (`COCOeval`, `iouType=\"segm\"`) on "
+                              "`post_process_instance_segmentation` outputs at the images' original size",
+                  "semantic": "mean IoU over classes present in ground truth or prediction (unlabelled pixels ignored)",
+                  "panoptic": "panoptic quality with the COCO panoptic matching rules (IoU > 0.5)"}[task]  # fmt: skip
+        lines += ["", f"Metrics: {source}."]
     else:
         lines.append("Not evaluated.")
-    lines += ["", "## Training settings", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | {f'{v:g}' if isinstance(v, float) else v} |" for k, v in settings.items()]
-    lines += ["", "## Intended use", ""]
+    lines += ["", "### Training settings", "", "(Trainer's own hyperparameters are listed above.)", "",
+              "| setting | value |", "|---|---|"]  # fmt: skip
+    lines += [f"| {k} | {f'{v:g}' if isinstance(v, float) else v} |" for k, v in details.settings.items()]
+    lines += ["", "### Intended use", ""]
     if synthetic and not checkpoint:
-        lines.append(
-            "A demonstration and test model: trained from scratch on the package's synthetic shapes, it shows that the "
-            "training pipeline works end to end. It is not meant for real images."
-        )
+        lines.append("A demonstration and test model: trained from scratch on the package's synthetic shapes, it shows "
+                     "that the training pipeline works end to end. It is not meant for real images.")  # fmt: skip
     else:
-        lines.append(
-            f"{task.capitalize()} segmentation of images like the training data ({dataset_description}), for the "
-            f"{len(config.id2label)} classes listed under Labels; check it on your own images before relying on it."
-        )
-    lines += ["", "## Limitations", ""]
+        lines.append(f"{task.capitalize()} segmentation of images like the training data ({description}), for the "
+                     f"{len(config.id2label)} classes listed under Labels; check it on your own images before relying "
+                     "on it.")  # fmt: skip
+    lines += ["", "### Limitations", ""]
     if synthetic:
         lines.append("- Trained on synthetic shapes only: on real images its output is meaningless.")
-    if not checkpoint and not base_model:
-        lines.append(
-            "- The backbone started from random weights (no DINOv3 pretraining), so its features are far weaker than a "
-            "pretrained DINOv3's; for real data, fine-tune from a pretrained backbone (`--backbone_name_or_path`)."
-        )
+    if not checkpoint and not base:
+        lines.append("- The backbone started from random weights (no DINOv3 pretraining), so its features are far "
+                     "weaker than a pretrained DINOv3's; for real data, fine-tune from a pretrained backbone "
+                     "(`--backbone_name_or_path`).")  # fmt: skip
     lines += [
         "- It knows only the classes under Labels: other objects are missed or given one of these labels.",
         "- Images must be prepared by the image processor saved with the model (its resize, rescaling and "
         "normalisation mean / std, as in training); other preprocessing gives wrong results.",
         f"- It finds at most {config.num_queries} segments per image (`num_queries`); denser scenes lose instances.",
         "- The metrics above come from the validation split named above only; on other data they are unknown."
-        if metrics
-        else "- It was not evaluated.",
-    ]
-    lines += ["", "## Usage", ""]
-    if tiling is not None:
-        (tile_h, tile_w), overlap = tiling
+        if metrics else "- It was not evaluated.",
+        "", "### Usage", "",
+    ]  # fmt: skip
+    if details.tiling is not None:
+        (tile_h, tile_w), overlap = details.tiling
         lines += [
             f"Trained on random {tile_h} x {tile_w} crops at the images' native resolution, and evaluated by tiles: "
             f"run it the same way, on {tile_h} x {tile_w} windows of the image at its own resolution (overlap "
             f"{overlap} px), not on whole images resized to {tile_h} x {tile_w}. `mask2former-dinov3-predict "
             f"{folder} IMAGES... --output_dir OUT` does so by default (it reads `tiling.json`); in Python, "
             f"`mask2former_dinov3.tiling.predict_tiled(model, processor, image, ({tile_h}, {tile_w}), {overlap})`. "
-            "The snippets below run whole images resized to the processor's size instead.",
-            "",
-        ]
+            "The snippets below run whole images resized to the processor's size instead.", "",
+        ]  # fmt: skip
     lines += [
         f"Run from the folder that contains `{folder}` (or use its hub id). With `trust_remote_code=True` the code saved",
-        "beside the weights is used, so the `mask2former-dinov3` package need not be installed:",
-        "",
-        "```python",
-        "from transformers import pipeline",
-        "",
+        "beside the weights is used, so the `mask2former-dinov3` package need not be installed:", "",
+        "```python", "from transformers import pipeline", "",
         f'segmenter = pipeline("image-segmentation", model="{folder}", trust_remote_code=True)',
         f'segments = segmenter("image.jpg", subtask="{task}")  # dicts with "label", "score" and a PIL "mask"',
-        "```",
-        "",
+        "```", "",
         "Or with the model and its image processor"
-        + (" (the same resizing and normalisation as in training):" if tiling is None else ":"),
-        "",
-        "```python",
-        "import torch",
-        "from PIL import Image",
-        "from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation",
-        "",
+        + (" (the same resizing and normalisation as in training):" if details.tiling is None else ":"), "",
+        "```python", "import torch", "from PIL import Image",
+        "from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation", "",
         f'model = AutoModelForUniversalSegmentation.from_pretrained("{folder}", trust_remote_code=True)',
         f'processor = AutoImageProcessor.from_pretrained("{folder}", trust_remote_code=True)',
-        'image = Image.open("image.jpg").convert("RGB")',
-        "with torch.no_grad():",
+        'image = Image.open("image.jpg").convert("RGB")', "with torch.no_grad():",
         '    outputs = model(**processor(images=image, return_tensors="pt"))',
         f"result = processor.post_process_{task}_segmentation(outputs, target_sizes=[image.size[::-1]])[0]",
-        "```",
-        "",
-    ]
-    path = os.path.join(output_dir, "README.md")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(lines))
-    return path
-
-
-def save_json(path: str, data: dict, merge: bool = False) -> None:
-    """Write `data` as indented JSON (NaN written as null, so the file is strict JSON); with `merge`, update the
-    file's existing entries instead of replacing them."""
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in data.items()}
-    if merge and os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            clean = {**json.load(handle), **clean}
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(clean, handle, indent=2, sort_keys=True)
+        "```", "",
+    ]  # fmt: skip
+    return "\n".join(lines)
 
 
 __all__ = [
     "MAIN_METRIC",
+    "ModelCardDetails",
     "Mask2FormerTrainer",
     "SegmentationMetrics",
     "build_param_groups",
     "flatten_metrics",
     "post_process_predictions",
-    "save_json",
     "save_prediction_overlays",
     "segments_to_draw",
     "tiled_prediction",
     "vit_layer_id",
-    "write_model_card",
+    "model_card_sections",
 ]

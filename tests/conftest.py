@@ -1,4 +1,10 @@
-"""Suite-wide pytest checks: every mark on a collected test is registered in pytest.ini.
+"""Suite-wide pytest hooks: transformers' common test mixins (tests/upstream/) belong to the slow tier, and every mark
+on a collected test is registered in pytest.ini.
+
+The fast tier (`python -m pytest tests -m "not slow"`, CONTRIBUTING.md) leaves out tests marked `slow`: ours that start
+a new interpreter, torchrun or a long training run, and every test under tests/upstream/ (hundreds of conformance
+tests from transformers' mixins, about 8 minutes on 2 cores; the package's own tests cover the same modules in the
+fast tier). CI runs everything.
 
 `--strict-markers` (pytest.ini) turns an unknown `@pytest.mark.<name>` into an error only when the mark is looked up
 after pytest has configured itself. transformers' common test mixins (tests/upstream/) are imported while
@@ -15,7 +21,11 @@ def _registered_marks(config) -> set[str]:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Fail the run, naming them, if collected tests carry marks that pytest.ini does not register."""
+    """Mark the upstream mixin tests slow; fail the run, naming them, if collected tests carry marks that pytest.ini
+    does not register."""
+    for item in items:
+        if item.nodeid.startswith("tests/upstream/"):
+            item.add_marker(pytest.mark.slow)
     registered = _registered_marks(config)
     unknown: dict[str, str] = {}
     for item in items:

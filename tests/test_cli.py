@@ -12,7 +12,8 @@ from collections import Counter
 import pytest
 
 from mask2former_dinov3.data import InstanceCount, count_instances, CocoSegmentationSource
-from mask2former_dinov3.finetune import ModelArguments, choose_num_queries, main
+from mask2former_dinov3.arguments import ModelArguments
+from mask2former_dinov3.finetune import choose_num_queries, main
 from mask2former_dinov3.synthetic import SyntheticConfig, write_coco_dataset
 
 
@@ -58,6 +59,7 @@ def dense_coco(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the script in a new interpreter
 def test_missing_data_dir_is_named_in_one_line(tmp_path):
     missing = str(tmp_path / "no-such-folder")
     result = _run("--data_dir", missing, "--output_dir", str(tmp_path / "out"))
@@ -67,6 +69,7 @@ def test_missing_data_dir_is_named_in_one_line(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr and "does not exist" in result.stderr
 
 
+@pytest.mark.slow  # the script in new interpreters (5 runs)
 def test_truncated_coco_json_and_unknown_preset_and_bad_value(tmp_path):
     paths = write_coco_dataset(tmp_path / "coco", num_train=2, num_valid=1, config=SyntheticConfig(image_size=32))
     text = paths["train"].read_text()
@@ -83,6 +86,7 @@ def test_truncated_coco_json_and_unknown_preset_and_bad_value(tmp_path):
     assert not os.path.exists(out)  # nothing was written
 
 
+@pytest.mark.slow  # the script in a new interpreter
 def test_help_groups_flags_in_order_and_explains_them():
     result = _run("--help")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -125,6 +129,7 @@ def test_choose_num_queries_for_presets_and_user_settings():
     assert choose_num_queries(ModelArguments(model_name_or_path="my/model"), dense)[0] is None
 
 
+@pytest.mark.slow  # a training run on dense images (test_choose_num_queries covers the rule fast)
 def test_dense_training_raises_num_queries_and_says_so(tmp_path, dense_coco, caplog):
     root, _, largest = dense_coco
     out = str(tmp_path / "out")

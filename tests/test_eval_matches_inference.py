@@ -86,6 +86,7 @@ def test_evaluation_feeds_the_model_the_saved_processors_pixels(tmp_path):
     assert ((plain - mean) / std - fed[1:2]).abs().max() > 0.3
 
 
+@pytest.mark.slow  # a training run, then a recomputation from the saved folder
 def test_eval_map_equals_the_map_of_the_saved_folder(tmp_path):
     # A COCO folder whose validation split holds the training images: a model small enough to train in seconds then
     # finds most objects, so the AP compared below is far from 0 (an all-empty prediction would compare nothing).

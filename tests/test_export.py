@@ -19,6 +19,7 @@ pytest.importorskip("onnx")
 RUNS = [(1, 64, 96), (3, 64, 96), (3, 96, 64), (2, 128, 64)]
 
 
+@pytest.mark.slow  # ONNX export: about a minute per model
 @pytest.mark.parametrize("backbone", ["vit", "convnext"])
 def test_onnxruntime_matches_torch(backbone, tmp_path):
     torch.manual_seed(0)

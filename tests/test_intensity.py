@@ -161,6 +161,7 @@ FRESH = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a new interpreter
 def test_processor_loaded_with_trust_remote_code_normalises_alike(tmp_path):
     image, _ = blob_image(64, 64)
     _pil_16(image).save(tmp_path / "blobs.png")
@@ -219,6 +220,7 @@ def test_dataset_items_equal_the_processor_on_the_16_bit_file(tmp_path):
         SegmentationDataset(source, "instance", upstream)[0]
 
 
+@pytest.mark.slow  # a training run (16-bit input is covered fast by the dataset and processor tests)
 def test_fine_tuning_on_16_bit_coco_trains_evaluates_and_draws_the_structures(tmp_path):
     from mask2former_dinov3.finetune import main
     from mask2former_dinov3.overlays import draw_segments

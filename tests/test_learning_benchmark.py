@@ -12,6 +12,7 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # the learning benchmark (a benchmark, not a unit test)
 def test_quick_learning_benchmark_reports_four_models(tmp_path):
     output = tmp_path / "quick.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -65,6 +66,7 @@ def test_plain_pyramid_ablation_is_ours_vit_without_the_spatial_prior():
     assert "ours-vit-plain" not in learning.MODELS  # an ablation, not part of the default comparison
 
 
+@pytest.mark.slow  # the learning benchmark (a benchmark, not a unit test)
 def test_initial_weights_pair_runs_start_where_the_other_checkout_started(tmp_path):
     """initial_weights.py (run against a checkout, here this one) + learning.py's loader: same weights, same RNG."""
     env = dict(os.environ, OMP_NUM_THREADS="1")

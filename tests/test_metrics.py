@@ -351,13 +351,11 @@ def noisy_dataset(num_images=7):
     return data
 
 
-def make_evaluators(shard_id=None):
+def make_evaluators():
     return {
-        "instance": InstanceSegmentationEvaluator(
-            class_names=["circle", "square", "triangle", "ring"], shard_id=shard_id
-        ),
-        "semantic": SemanticSegmentationEvaluator(num_classes=6, shard_id=shard_id),
-        "panoptic": PanopticQualityEvaluator(panoptic_categories(), shard_id=shard_id),
+        "instance": InstanceSegmentationEvaluator(class_names=["circle", "square", "triangle", "ring"]),
+        "semantic": SemanticSegmentationEvaluator(num_classes=6),
+        "panoptic": PanopticQualityEvaluator(panoptic_categories()),
     }
 
 
@@ -373,40 +371,34 @@ def single_process_results(data):
     return {task: e.compute() for task, e in evaluators.items()}
 
 
-def test_merged_shards_equal_single_process_and_padding_counts_once():
+def test_gathered_records_of_shards_equal_a_single_process():
     data = noisy_dataset()
     expected = single_process_results(data)
     assert expected["instance"]["map"] > 0 and expected["panoptic"]["pq"] > 0  # a non-trivial comparison
-    # DistributedSampler-like split of 7 images over 3 ranks: 9 slots, images 0 and 1 repeated on ranks 1 and 2.
-    order = [3, 6, 0, 5, 1, 2, 4, 0, 1]
+    # Images split over 3 processes in an order unlike the single process's (as tiled evaluation splits them).
+    order = [3, 6, 0, 5, 1, 2, 4]
     shards = [order[r::3] for r in range(3)]
     for task in expected:
-        shard_evaluators = []
+        gathered = []
         for shard in shards:
             evaluators = make_evaluators()
             feed(evaluators, data, shard)
-            shard_evaluators.append(evaluators[task])
-        # States travel pickled, as all_gather_object sends them.
-        states = [pickle.loads(pickle.dumps(e.state())) for e in shard_evaluators]
-        merged = make_evaluators()[task]
-        merged.merge(states)
-        result = merged.compute()
+            # Records travel pickled, as accelerate's gather_object sends them.
+            gathered.append(pickle.loads(pickle.dumps(evaluators[task].records)))
+        merged = {key: record for records in gathered for key, record in records.items()}
+        result = make_evaluators()[task].compute(merged)
         assert result["num_images"] == len(data)
         assert_same(result, expected[task])
 
 
-def test_automatic_ids_need_distinct_shards():
+def test_automatic_ids_number_images_in_order():
     data = noisy_dataset(4)
-    first, second, third = make_evaluators(shard_id=0), make_evaluators(shard_id=1), make_evaluators(shard_id=0)
-    feed(first, data, [0, 1], with_ids=False)
-    feed(second, data, [2, 3], with_ids=False)
-    feed(third, data, [2, 3], with_ids=False)
-    for task in first:
-        merged = make_evaluators()[task]
-        merged.merge([first[task].state(), second[task].state()])
-        assert merged.num_images == 4
-        with pytest.raises(ValueError, match="shard_id"):
-            merged.merge(third[task].state())
+    automatic, named = make_evaluators(), make_evaluators()
+    feed(automatic, data, range(4), with_ids=False)
+    feed(named, data, range(4))
+    for task in automatic:
+        assert list(automatic[task].records) == [0, 1, 2, 3]
+        assert_same(automatic[task].compute(), named[task].compute())
 
 
 def test_duplicate_image_id_within_one_evaluator_raises():
@@ -415,40 +407,6 @@ def test_duplicate_image_id_within_one_evaluator_raises():
     feed(evaluators, data, [0])
     with pytest.raises(ValueError, match="already added"):
         feed(evaluators, data, [0])
-
-
-def _distributed_worker(rank, world_size, init_file, out_dir):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        data = noisy_dataset()
-        # torch's DistributedSampler (no shuffle) over 7 images on 2 ranks: 8 slots, image 0 is on both ranks.
-        sampler = torch.utils.data.DistributedSampler(
-            range(len(data)), num_replicas=world_size, rank=rank, shuffle=False
-        )
-        evaluators = make_evaluators()
-        feed(evaluators, data, list(sampler))
-        results = {task: e.compute() for task, e in evaluators.items()}  # all-gathers inside
-        local = {task: e.num_images for task, e in evaluators.items()}
-        with open(f"{out_dir}/rank{rank}.pkl", "wb") as f:
-            pickle.dump({"results": results, "local": local}, f)
-    finally:
-        dist.destroy_process_group()
-
-
-def test_two_process_gloo_all_gather_equals_single_process(tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
-    expected = single_process_results(noisy_dataset())
-    for rank in range(2):
-        with open(tmp_path / f"rank{rank}.pkl", "rb") as f:
-            out = pickle.load(f)
-        assert out["local"]["instance"] == 4  # each rank saw 4 images (one padded) ...
-        for task in expected:
-            assert out["results"][task]["num_images"] == 7  # ... but the gathered result counts 7, once each
-            assert_same(out["results"][task], expected[task])
 
 
 def test_instance_area_ranges_decide_which_bucket_an_object_counts_in():

@@ -22,7 +22,7 @@ from mask2former_dinov3.data import (
     crop_sample,
     random_crop_window,
 )
-from mask2former_dinov3.finetune import CommandLineError, crop_size, parse_args
+from mask2former_dinov3.arguments import CommandLineError, crop_size, parse_args
 from mask2former_dinov3.image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
 from mask2former_dinov3.tiling import Window
 
@@ -158,6 +158,7 @@ def test_crop_to_size_values():
         parse_args(["--output_dir", "/tmp/x", "--crop_to_size", "64", "--image_height", "128"])
 
 
+@pytest.mark.slow  # the script in a new interpreter
 def test_bad_crop_size_is_one_line_on_stderr_and_exit_2(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run(
@@ -172,6 +173,7 @@ def test_bad_crop_size_is_one_line_on_stderr_and_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()  # stopped before anything was trained or written
 
 
+@pytest.mark.slow  # 80 training steps, then the predict CLI in a new interpreter
 def test_crop_trained_run_reports_the_ap_the_predict_cli_gives_with_the_same_tiles(tmp_path):
     """Train on 64 px native crops of 112 px images, evaluate by tiles; the predict CLI on the saved folder (tiles
     from its tiling.json, no --tile given) scored by pycocotools gives the script's eval_map."""

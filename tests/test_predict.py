@@ -57,6 +57,7 @@ def setup(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # the CLI in a new interpreter
 def test_cli_writes_coco_results_pycocotools_accepts(setup, tmp_path):
     out = tmp_path / "out"
     result = _cli(setup / "model", setup / "images", "--output_dir", out, "--threshold", 0, "--batch_size", 2,
@@ -150,6 +151,7 @@ def test_overlays_are_drawn_as_training_draws_them(setup, tmp_path):
     np.testing.assert_array_equal(drawn, reference)
 
 
+@pytest.mark.slow  # the CLI in new interpreters
 def test_user_errors_are_one_line_and_exit_2(setup, tmp_path):
     missing = _cli(tmp_path / "no-such-model", setup / "images", "--output_dir", tmp_path / "o")
     assert missing.returncode == 2
@@ -176,6 +178,7 @@ def test_empty_folder_is_reported_and_the_rest_processed(setup, tmp_path, capsys
     assert len(json.loads((tmp_path / "o" / "images.json").read_text())) == 1
 
 
+@pytest.mark.slow  # 60 training steps, then the predict CLI in a new interpreter
 def test_predictions_json_gives_the_training_scripts_mask_ap(tmp_path):
     """A model trained by run_instance_seg.py: the predict CLI's predictions.json, scored by pycocotools against the
     validation split's own COCO JSON, gives the script's reported mask AP (threshold 0, as the script evaluates)."""

@@ -454,6 +454,7 @@ def test_architecture_mismatch_is_refused(ckpts, tmp_path):
 # --- Conversion CLI --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the conversion CLI in a new interpreter
 def test_conversion_cli_round_trip(ckpts, tmp_path):
     pth, source = ckpts["pth_gated_theta1000"]
     out = tmp_path / "converted"

@@ -113,12 +113,14 @@ def test_checkpoint_saved_before_the_spatial_prior_reloads_as_it_was(tmp_path):
     assert type(reloaded.config).from_dict({"backbone_config": {"hidden_size": 32}}).adapter_spatial_prior is True
 
 
+@pytest.mark.slow  # a new interpreter
 def test_fresh_process_after_importing_the_package(saved):
     stdout = run_fresh(FRESH_PROCESS.format(import_package=True, directory=str(saved[0])))
     assert "MODEL mask2former_dinov3.modeling_mask2former_dinov3 Mask2FormerDinov3ForUniversalSegmentation" in stdout
     assert "PROCESSOR Mask2FormerDINOv3ImageProcessor" in stdout
 
 
+@pytest.mark.slow  # a new interpreter
 def test_fresh_process_with_trust_remote_code_and_no_import(saved):
     stdout = run_fresh(FRESH_PROCESS.format(import_package=False, directory=str(saved[0])))
     assert "MODEL transformers_modules." in stdout and "Mask2FormerDinov3ForUniversalSegmentation" in stdout
@@ -126,6 +128,7 @@ def test_fresh_process_with_trust_remote_code_and_no_import(saved):
     assert "IMPORTED False" in stdout
 
 
+@pytest.mark.slow  # a new interpreter
 def test_trust_remote_code_from_a_config_alone_gets_upstream_initialisation(saved, tmp_path):
     """The out-of-tree initialisation pitfall, on the remote-code path: build from config, check the init."""
     code = textwrap.dedent(
@@ -221,13 +224,14 @@ def test_pipeline_says_why_it_returns_nothing(saved, tmp_path):
     assert "warned" not in (tmp_path / "preprocessor_config.json").read_text()
 
 
+@pytest.mark.slow  # a new interpreter per task
 @pytest.mark.parametrize("task", ["instance", "semantic", "panoptic"])
 def test_model_card_usage_snippets_run_verbatim_without_the_package(task, tmp_path):
     """The model card's code blocks, run as written from the folder's parent in a fresh process that never imports
     the package (pipeline and Auto classes through trust_remote_code, no interactive prompt: stdin is closed)."""
     import re
 
-    from mask2former_dinov3.training import write_model_card
+    from mask2former_dinov3.training import ModelCardDetails, model_card_sections
 
     folder = tmp_path / "my-model"
     torch.manual_seed(0)
@@ -237,8 +241,8 @@ def test_model_card_usage_snippets_run_verbatim_without_the_package(task, tmp_pa
         model.class_predictor.bias[-1] = -10.0
     model.save_pretrained(folder)
     Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
-    card = write_model_card(str(folder), config, task, None, {}, "a test set")
-    blocks = re.findall(r"```python\n(.*?)```", open(card).read(), flags=re.S)
+    card = model_card_sections(config, ModelCardDetails(task=task, dataset_description="a test set"), folder.name)
+    blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
     assert len(blocks) == 2 and "pipeline(" in blocks[0]
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(tmp_path / "image.jpg")
     check = textwrap.dedent(

@@ -44,6 +44,7 @@ def samples():
     return generate_samples(80, seed=0)
 
 
+@pytest.mark.slow  # a new interpreter
 def test_same_seed_same_bytes_in_process_and_in_a_fresh_interpreter():
     first = generate_samples(6, seed=4)
     assert digest(first) == digest(generate_samples(6, seed=4))
