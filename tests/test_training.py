@@ -137,7 +137,7 @@ def test_backbone_lr_multiplier_and_vit_layer_decay():
     assert lr_of[prefix + "model.layer.0.attention.q_proj.weight"] == pytest.approx((1e-3 * 0.1 * 0.5**4, 0.05))
     assert lr_of[prefix + "model.layer.3.mlp.up_proj.weight"] == pytest.approx((1e-3 * 0.1 * 0.5**1, 0.05))
     assert lr_of["class_predictor.weight"] == pytest.approx((1e-3, 0.05))
-    assert lr_of["model.pixel_level_module.adapter.projections.0.0.weight"][0] == pytest.approx(1e-3)
+    assert lr_of["model.pixel_level_module.adapter.projections.0.conv.weight"][0] == pytest.approx(1e-3)
     # No weight decay on biases, norms, tokens, layer scales, query and level embeddings.
     for name in [prefix + "embeddings.cls_token", prefix + "embeddings.register_tokens",
                  prefix + "model.layer.0.norm1.weight", prefix + "model.layer.0.layer_scale1.lambda1",
