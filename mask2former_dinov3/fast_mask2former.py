@@ -434,8 +434,9 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
         indices = []
         for image, (classes, targets) in enumerate(zip(class_labels, mask_labels)):
             points = torch.rand(1, self.num_points, 2, device=features.device)
-            target_points = sample_point(targets.to(features)[:, None], points.expand(len(targets), -1, -1),
-                                         align_corners=False).squeeze(1)  # fmt: skip
+            every_target = torch.arange(len(targets), device=targets.device)
+            target_points = _sample_matched_targets([targets], [every_target], points.expand(len(targets), -1, -1))
+            target_points = target_points.to(features.dtype)
             feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
             predicted_points = embeddings[image] @ feature_points
             cross_entropy, dice = _pair_wise_mask_costs(predicted_points, target_points)
@@ -450,6 +451,136 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
             rows, cols = linear_sum_assignment(costs.cpu())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
+
+
+# Largest temporary tensor of the chunked point losses, in elements (64 MB of float32).
+_CHUNK_ELEMENTS = 2**24
+
+
+def _rows_per_chunk(*row_sizes: int) -> int:
+    """How many rows of `row_sizes` elements each fit in one chunk of `_CHUNK_ELEMENTS`."""
+    return max(1, _CHUNK_ELEMENTS // max(1, *row_sizes))
+
+
+def _most_uncertain(logits: torch.Tensor, candidates: torch.Tensor, uncertainty_function, count: int) -> torch.Tensor:
+    """The `count` most uncertain of `candidates` (`(masks, points, 2)`) for `(masks, 1, height, width)` logits,
+    in no particular order (the point losses are sums over points)."""
+    uncertainty = uncertainty_function(sample_point(logits, candidates, align_corners=False))[:, 0]
+    chosen = uncertainty.topk(count, dim=1, sorted=False).indices
+    return candidates.gather(1, chosen[..., None].expand(-1, -1, 2))
+
+
+def _sample_matched_targets(mask_labels, matched_targets, coordinates: torch.Tensor) -> torch.Tensor:
+    """`(matches, points)` bilinear samples of each image's matched target masks at `coordinates`, as upstream's
+    `sample_point` of its zero-padded float targets gives them.
+
+    Targets of any dtype (bool, uint8, float) are converted to the points' dtype a few masks at a time, so a
+    thousand full-resolution bool masks never become a thousand float masks. Images smaller than the largest of
+    the batch are zero-padded per chunk, as upstream pads them all.
+    """
+    height, width = (max(m.shape[d] for m in mask_labels) for d in (-2, -1))
+    step = _rows_per_chunk(height * width)
+    labels, start = [], 0
+    for targets, matched in zip(mask_labels, matched_targets):
+        for first in range(0, len(matched), step):
+            rows = matched[first : first + step]
+            chunk = targets[rows.to(targets.device)].to(coordinates.dtype)
+            if chunk.shape[-2:] != (height, width):
+                chunk = nn.functional.pad(chunk, (0, width - chunk.shape[-1], 0, height - chunk.shape[-2]))
+            points = coordinates[start + first : start + first + len(rows)]
+            labels.append(sample_point(chunk[:, None], points, align_corners=False)[:, 0])
+        start += len(matched)
+    return torch.cat(labels) if labels else coordinates.new_zeros(0, coordinates.shape[1])
+
+
+def _rng_state(device: torch.device):
+    """The state of the generator that `torch.rand(..., device=device)` draws from."""
+    return torch.get_rng_state() if device.type == "cpu" else torch.get_device_module(device).get_rng_state(device)
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    if device.type == "cpu":
+        torch.set_rng_state(state)
+    else:
+        torch.get_device_module(device).set_rng_state(state, device)
+
+
+class _PointMaskLosses(torch.autograd.Function):
+    """Upstream's point losses (`loss_mask`, `loss_dice`) of the matched queries' masks `embeddings @ features`,
+    computed a chunk of masks at a time, forward and backward.
+
+    Upstream selects the matched queries' full masks (`(matches, height, width)` logits, kept for the backward
+    pass of every decoder layer), samples their most uncertain points and takes the losses at those points. Here
+    each chunk's masks are built, sampled and dropped; the backward pass keeps only the points (coordinates and
+    logits) and turns their gradient back into mask gradients one chunk at a time (the bilinear sampling's
+    gradient scattered onto a zero mask, then two matrix products). Same random draws in the same order as
+    upstream: all candidate points first, then the random points, so the generator is run past the candidates
+    once to draw the random points before the chunks draw their candidates.
+    """
+
+    @staticmethod
+    def forward(ctx, embeddings: torch.Tensor, features: torch.Tensor, plan):
+        loss, mask_labels, matched_targets, num_masks = plan
+        device = embeddings.device
+        counts = [len(matched) for matched in matched_targets]
+        num_points = loss.num_points
+        uncertain = int(loss.importance_sample_ratio * num_points)
+        candidates_per_mask = int(num_points * loss.oversample_ratio)
+        step = _rows_per_chunk(features.shape[-2] * features.shape[-1], candidates_per_mask * 2)
+        chunks = [(image, first, min(first + step, count)) for image, count in enumerate(counts)
+                  for first in range(0, count, step)]  # fmt: skip
+        offsets = [sum(counts[:image]) for image in range(len(counts))]
+        # Run the generator past every candidate draw (as the chunks will draw them) to draw the random points.
+        start_state = _rng_state(device)
+        for _, first, last in chunks:
+            torch.rand(last - first, candidates_per_mask, 2, device=device)
+        random_points = torch.rand(sum(counts), num_points - uncertain, 2, device=device)
+        end_state = _rng_state(device)
+        _set_rng_state(device, start_state)
+        coordinates, logits = [], []
+        for image, first, last in chunks:
+            masks = (embeddings[offsets[image] + first : offsets[image] + last] @ features[image].flatten(1))
+            # Sampled in float32, as grid_sample runs under autocast.
+            masks = masks.view(last - first, 1, *features.shape[-2:]).to(random_points.dtype)
+            candidates = torch.rand(last - first, candidates_per_mask, 2, device=device)
+            points = _most_uncertain(masks, candidates, loss.calculate_uncertainty, uncertain)
+            points = torch.cat([points, random_points[offsets[image] + first : offsets[image] + last]], 1)
+            coordinates.append(points)
+            logits.append(sample_point(masks, points, align_corners=False)[:, 0])
+        _set_rng_state(device, end_state)
+        coordinates = torch.cat(coordinates) if coordinates else random_points
+        logits = torch.cat(logits) if logits else random_points.new_zeros(0, num_points)
+        labels = _sample_matched_targets(mask_labels, matched_targets, coordinates)
+        ctx.save_for_backward(embeddings, features, coordinates, logits)
+        ctx.plan, ctx.chunks, ctx.offsets = plan, chunks, offsets
+        return sigmoid_cross_entropy_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mask: torch.Tensor, grad_dice: torch.Tensor):
+        embeddings, features, coordinates, logits = ctx.saved_tensors
+        _, mask_labels, matched_targets, num_masks = ctx.plan
+        with torch.enable_grad():
+            logits = logits.detach().requires_grad_()
+            labels = _sample_matched_targets(mask_labels, matched_targets, coordinates)
+            total = grad_mask * sigmoid_cross_entropy_loss(logits, labels, num_masks)
+            total = total + grad_dice * dice_loss(logits, labels, num_masks)
+            (grad_logits,) = torch.autograd.grad(total, logits)
+        grad_embeddings = torch.zeros_like(embeddings) if ctx.needs_input_grad[0] else None
+        grad_features = torch.zeros_like(features) if ctx.needs_input_grad[1] else None
+        for image, first, last in ctx.chunks:
+            rows = slice(ctx.offsets[image] + first, ctx.offsets[image] + last)
+            with torch.enable_grad():
+                zero_masks = coordinates.new_zeros(last - first, 1, *features.shape[-2:], requires_grad=True)
+                sampled = sample_point(zero_masks, coordinates[rows], align_corners=False)
+                (grad_masks,) = torch.autograd.grad(sampled, zero_masks, grad_logits[rows, None])
+            grad_masks = grad_masks.flatten(1).to(features.dtype)
+            if grad_embeddings is not None:
+                grad_embeddings[rows] = grad_masks @ features[image].flatten(1).T
+            if grad_features is not None:
+                grad_features[image] += (embeddings[rows].T @ grad_masks).view_as(features[image])
+        return grad_embeddings, grad_features, None
+
 
 
 class FastMask2FormerLoss(Mask2FormerLoss):
@@ -471,39 +602,34 @@ class FastMask2FormerLoss(Mask2FormerLoss):
         """Upstream's importance sampling (same random draws, same points) with the points in no particular order."""
         masks, candidates = logits.shape[0], int(num_points * oversample_ratio)
         coordinates = torch.rand(masks, candidates, 2, device=logits.device)
-        uncertainty = uncertainty_function(sample_point(logits, coordinates, align_corners=False))[:, 0]
-        uncertain = int(importance_sample_ratio * num_points)
-        chosen = uncertainty.topk(uncertain, dim=1, sorted=False).indices
-        coordinates = coordinates.gather(1, chosen[..., None].expand(-1, -1, 2))
-        if num_points > uncertain:
-            coordinates = torch.cat([coordinates, torch.rand(masks, num_points - uncertain, 2, device=logits.device)], 1)
+        coordinates = _most_uncertain(logits, coordinates, uncertainty_function, int(importance_sample_ratio * num_points))
+        if num_points > coordinates.shape[1]:
+            extra = torch.rand(masks, num_points - coordinates.shape[1], 2, device=logits.device)
+            coordinates = torch.cat([coordinates, extra], 1)
         return coordinates
 
     def loss_masks(self, masks_queries_logits, mask_labels, indices, num_masks) -> dict[str, torch.Tensor]:
-        """Upstream's sigmoid cross-entropy and dice point losses of the matched masks, sampling each image's targets
-        in place (padded only where images of one batch differ in size)."""
+        """Upstream's sigmoid cross-entropy and dice point losses of the matched masks.
+
+        From `MaskLogitsFromEmbeddings` (training without auxiliary outputs) no matched mask is ever built whole for
+        the backward pass: see `_PointMaskLosses`. From full logits, each image's targets are sampled in place, a
+        few at a time (bool and uint8 labels are never converted to float as a whole)."""
         images = torch.cat([torch.full_like(source, b) for b, (source, _) in enumerate(indices)])
-        predictions = masks_queries_logits[images, torch.cat([source for source, _ in indices])][:, None]
+        sources = torch.cat([source for source, _ in indices])
+        targets = [matched for _, matched in indices]
+        if isinstance(masks_queries_logits, MaskLogitsFromEmbeddings):
+            embeddings = masks_queries_logits.mask_embeddings[images, sources]
+            loss_mask, loss_dice = _PointMaskLosses.apply(
+                embeddings, masks_queries_logits.pixel_embeddings, (self, mask_labels, targets, num_masks)
+            )
+            return {"loss_mask": loss_mask, "loss_dice": loss_dice}
+        predictions = masks_queries_logits[images, sources][:, None]
         with torch.no_grad():
             coordinates = self.sample_points_using_uncertainty(
                 predictions, self.calculate_uncertainty, self.num_points, self.oversample_ratio,
                 self.importance_sample_ratio,
             )  # fmt: skip
-            height, width = (max(m.shape[d] for m in mask_labels) for d in (-2, -1))
-            labels, start = [], 0
-            for targets, (_, matched) in zip(mask_labels, indices):
-                points = coordinates[start : start + len(matched)]
-                start += len(matched)
-                if targets.shape[-2:] != (height, width):  # upstream pads to the largest image of the batch
-                    targets = nn.functional.pad(targets, (0, width - targets.shape[-1], 0, height - targets.shape[-2]))
-                if len(matched) == len(targets):
-                    # Every target is matched: sample them in their own order (no copy) and put the points back.
-                    order = matched.argsort()
-                    sampled = sample_point(targets[:, None].to(points), points[order], align_corners=False)
-                    labels.append(sampled[order.argsort()])
-                else:
-                    labels.append(sample_point(targets[matched][:, None].to(points), points, align_corners=False))
-            labels = torch.cat(labels).squeeze(1)
+            labels = _sample_matched_targets(mask_labels, targets, coordinates)
         logits = sample_point(predictions, coordinates, align_corners=False).squeeze(1)
         return {
             "loss_mask": sigmoid_cross_entropy_loss(logits, labels, num_masks),
