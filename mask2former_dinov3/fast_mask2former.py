@@ -263,6 +263,19 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.permute(2, 0, 1, 3).reshape(length, batch_size, num_heads * head_dim)
 
 
+def _one_mask_for_all_heads(masked: torch.Tensor) -> torch.Tensor:
+    """`(batch, heads, keys)` masks as `(batch, 1, keys)` where every head has the same one (the mask predictor's
+    masks), else unchanged.
+
+    The fused attention turns a boolean mask into a float one of the same shape and keeps it for the backward pass:
+    with 2,500 queries over the 1/8 level's keys (128x128 at 1024 px), 1.3 GB per layer for eight identical heads,
+    160 MB for one. The comparison reads the mask once and allocates nothing.
+    """
+    if masked.shape[1] > 1 and torch.equal(masked[:, 1:], masked[:, :1].expand(-1, masked.shape[1] - 1, -1)):
+        return masked[:, :1]
+    return masked
+
+
 class FastMask2FormerMaskedAttentionDecoderLayer(Mask2FormerMaskedAttentionDecoderLayer):
     """Upstream's masked-attention decoder layer (same parameters, same results) on fused attention kernels.
 
@@ -285,7 +298,9 @@ class FastMask2FormerMaskedAttentionDecoderLayer(Mask2FormerMaskedAttentionDecod
         query = _split_heads(nn.functional.linear(queries, weight_q, bias_q), heads)
         key = _split_heads(nn.functional.linear(keys, weight_k, bias_k), heads)
         value = _split_heads(nn.functional.linear(values, weight_v, bias_v), heads)
-        allowed = None if masked is None else ~masked.view(query.shape[0], heads, *masked.shape[-2:])
+        allowed = None if masked is None else ~_one_mask_for_all_heads(masked.view(query.shape[0], heads, -1))
+        if allowed is not None:
+            allowed = allowed.view(query.shape[0], -1, *masked.shape[-2:])
         output = nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=allowed, dropout_p=attention.dropout if self.training else 0.0
         )
@@ -470,25 +485,49 @@ def _most_uncertain(logits: torch.Tensor, candidates: torch.Tensor, uncertainty_
     return candidates.gather(1, chosen[..., None].expand(-1, -1, 2))
 
 
+def _bilinear_at_points(masks: torch.Tensor, rows: torch.Tensor, coordinates: torch.Tensor,
+                        padded_size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+    """`sample_point(padded[rows][:, None].float(), coordinates, align_corners=False)[:, 0]`, where `padded` is
+    `masks` (`(N, h, w)`, any dtype) zero-padded at the bottom and right to `padded_size`, read at the points only.
+
+    grid_sample's bilinear weights, read from the four neighbouring pixels of each point: no mask is converted
+    to float or padded as a whole (at 1024 px a float mask is 4 MB, its points 50 KB).
+    """
+    height, width = masks.shape[-2:]
+    flat = masks.reshape(-1)
+    # grid_sample's own float operations (align_corners=False), so that points on pixel centres round alike.
+    x = (2 * coordinates[..., 0] - 1 + 1) * (padded_size[1] / 2) - 0.5
+    y = (2 * coordinates[..., 1] - 1 + 1) * (padded_size[0] / 2) - 0.5
+    left, top = x.floor(), y.floor()
+    fraction_x, fraction_y = x - left, y - top
+    left, top = left.long(), top.long()
+    base = rows.to(flat.device).view(-1, 1) * (height * width)
+    result = torch.zeros_like(x)
+    for dy, weight_y in ((0, 1 - fraction_y), (1, fraction_y)):
+        for dx, weight_x in ((0, 1 - fraction_x), (1, fraction_x)):
+            column, line = left + dx, top + dy
+            inside = (column >= 0) & (column < width) & (line >= 0) & (line < height)
+            index = base + line.clamp(0, height - 1) * width + column.clamp(0, width - 1)
+            values = flat[index].to(result.dtype) * inside
+            result += weight_y * weight_x * values
+    return result
+
+
 def _sample_matched_targets(mask_labels, matched_targets, coordinates: torch.Tensor) -> torch.Tensor:
     """`(matches, points)` bilinear samples of each image's matched target masks at `coordinates`, as upstream's
-    `sample_point` of its zero-padded float targets gives them.
+    `sample_point` of its zero-padded float targets gives them (up to float rounding).
 
-    Targets of any dtype (bool, uint8, float) are converted to the points' dtype a few masks at a time, so a
-    thousand full-resolution bool masks never become a thousand float masks. Images smaller than the largest of
-    the batch are zero-padded per chunk, as upstream pads them all.
+    Targets of any dtype (bool, uint8, float) are read at the points only (`_bilinear_at_points`), a chunk of
+    matches at a time, so a thousand full-resolution bool masks are never converted or padded.
     """
-    height, width = (max(m.shape[d] for m in mask_labels) for d in (-2, -1))
-    step = _rows_per_chunk(height * width)
+    padded_size = tuple(max(m.shape[d] for m in mask_labels) for d in (-2, -1))
+    step = _rows_per_chunk(coordinates.shape[1] * 16)  # a dozen (rows, points) temporaries, some int64
     labels, start = [], 0
     for targets, matched in zip(mask_labels, matched_targets):
         for first in range(0, len(matched), step):
             rows = matched[first : first + step]
-            chunk = targets[rows.to(targets.device)].to(coordinates.dtype)
-            if chunk.shape[-2:] != (height, width):
-                chunk = nn.functional.pad(chunk, (0, width - chunk.shape[-1], 0, height - chunk.shape[-2]))
             points = coordinates[start + first : start + first + len(rows)]
-            labels.append(sample_point(chunk[:, None], points, align_corners=False)[:, 0])
+            labels.append(_bilinear_at_points(targets, rows, points, padded_size))
         start += len(matched)
     return torch.cat(labels) if labels else coordinates.new_zeros(0, coordinates.shape[1])
 

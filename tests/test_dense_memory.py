@@ -1,0 +1,98 @@
+"""Dense scenes in bounded memory: compact labels, chunked point losses, one attention mask for all heads.
+
+The memory itself is measured by `benchmarks/dense_memory.py` (a benchmark, not a timed test); here the chunked
+paths are checked to give upstream's values, also when they split the work into many chunks.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation, fast_mask2former
+from mask2former_dinov3.fast_mask2former import MaskLogitsFromEmbeddings, use_fast_units
+from tiny_configs import tiny_config
+
+
+def dense_targets(counts=(9, 6), sizes=((64, 96), (48, 80)), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    masks = [torch.rand(n, h, w, generator=generator) > 0.7 for n, (h, w) in zip(counts, sizes)]
+    classes = [torch.randint(0, 3, (n,), generator=generator) for n in counts]
+    return masks, classes
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8])
+def test_loss_is_the_same_for_bool_uint8_and_float_labels(dtype):
+    torch.manual_seed(0)
+    model = Mask2FormerDINOv3ForUniversalSegmentation(tiny_config(num_queries=12)).train()
+    pixel_values = torch.randn(2, 3, 64, 96)
+    masks, classes = dense_targets(sizes=((64, 96), (64, 96)))
+    results = []
+    for labels in ([m.float() for m in masks], [m.to(dtype) for m in masks]):
+        model.zero_grad()
+        torch.manual_seed(3)
+        loss = model(pixel_values, mask_labels=labels, class_labels=classes).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (float_loss, float_grads), (compact_loss, compact_grads) = results
+    torch.testing.assert_close(compact_loss, float_loss, rtol=1e-5, atol=0)
+    for a, b in zip(compact_grads, float_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_elements", [16 * 24 * 3, 2**24])  # three masks per chunk; everything at once
+def test_chunked_point_losses_equal_upstream_on_full_masks(monkeypatch, chunk_elements):
+    """Many chunks per image, images of different sizes (upstream pads), bool labels (ours) against upstream's
+    float labels, and more targets than fit one chunk: same losses and gradients under the same seed."""
+    monkeypatch.setattr(fast_mask2former, "_CHUNK_ELEMENTS", chunk_elements)
+    config = tiny_config(train_num_points=100)
+    weight_dict = {"loss_cross_entropy": 1.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    upstream = Mask2FormerLoss(config, weight_dict)
+    ours = use_fast_units(copy.deepcopy(upstream))
+    generator = torch.Generator().manual_seed(1)
+    layers, batch, queries, channels = 2, 2, 11, 8
+    embeddings = torch.randn(layers, batch, queries, channels, generator=generator)
+    features = torch.randn(batch, channels, 16, 24, generator=generator)
+    class_logits = torch.randn(layers, batch, queries, config.num_labels + 1, generator=generator)
+    masks, classes = dense_targets()
+
+    def run(loss, lazy):
+        e, f, c = (t.clone().requires_grad_() for t in (embeddings, features, class_logits))
+        if lazy:
+            logits = [MaskLogitsFromEmbeddings(e[i], f) for i in range(layers)]
+            labels = masks
+        else:
+            logits = list(torch.einsum("lbqc,bchw->lbqhw", e, f))
+            labels = [m.float() for m in masks]
+        torch.manual_seed(5)
+        aux = [{"masks_queries_logits": logits[0], "class_queries_logits": c[0]}]
+        losses = loss(logits[-1], c[-1], labels, classes, aux)
+        sum(losses.values()).backward()
+        return losses, (e.grad, f.grad)
+
+    ours_losses, ours_grads = run(ours, True)
+    upstream_losses, upstream_grads = run(upstream, False)
+    assert set(ours_losses) == set(upstream_losses)
+    for key, value in upstream_losses.items():
+        torch.testing.assert_close(ours_losses[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for a, b in zip(ours_grads, upstream_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+    # The generator ends where upstream leaves it (the next draw is the same).
+    torch.manual_seed(5)
+    run(ours, True)
+    after_ours = torch.rand(3)
+    torch.manual_seed(5)
+    run(upstream, False)
+    assert torch.equal(after_ours, torch.rand(3))
+
+
+def test_one_attention_mask_for_identical_heads_only():
+    generator = torch.Generator().manual_seed(0)
+    same = (torch.rand(2, 1, 30, generator=generator) > 0.5).expand(2, 4, 30).contiguous()
+    assert fast_mask2former._one_mask_for_all_heads(same).shape == (2, 1, 30)
+    different = same.clone()
+    different[1, 3, 7] = ~different[1, 3, 7]
+    assert fast_mask2former._one_mask_for_all_heads(different) is different
