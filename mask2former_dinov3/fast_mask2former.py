@@ -263,17 +263,59 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.permute(2, 0, 1, 3).reshape(length, batch_size, num_heads * head_dim)
 
 
-def _one_mask_for_all_heads(masked: torch.Tensor) -> torch.Tensor:
-    """`(batch, heads, keys)` masks as `(batch, 1, keys)` where every head has the same one (the mask predictor's
-    masks), else unchanged.
+class HeadSharedAttentionMask:
+    """A `(batch * heads, queries, keys)` boolean attention mask (True = masked) whose heads are all the same, kept
+    as its `(batch, queries, keys)` mask.
 
-    The fused attention turns a boolean mask into a float one of the same shape and keeps it for the backward pass:
-    with 2,500 queries over the 1/8 level's keys (128x128 at 1024 px), 1.3 GB per layer for eight identical heads,
-    160 MB for one. The comparison reads the mask once and allocates nothing.
+    `FastMask2FormerMaskPredictor` hands these on instead of upstream's tensor, whose heads are copies. Upstream's
+    decoder reads it only through `sum(-1)`, `shape`, `dtype` and `* where.unsqueeze(-1)` (unmasking fully masked
+    rows) and passes it to the decoder layer, which gives it to the fused attention as one `(batch, 1, queries,
+    keys)` mask broadcast over the heads. With 2,500 queries over the 1/8 level (128x128 keys at 1024 px) upstream's
+    tensor is 330 MB, the int64 copy that `sum(-1)` makes of it 2.6 GB, and the float mask that the fused attention
+    keeps for its backward pass 1.3 GB; here 40 MB, 40 MB (counted a chunk of queries at a time) and 160 MB.
     """
-    if masked.shape[1] > 1 and torch.equal(masked[:, 1:], masked[:, :1].expand(-1, masked.shape[1] - 1, -1)):
-        return masked[:, :1]
-    return masked
+
+    dtype = torch.bool
+
+    def __init__(self, masked: torch.Tensor, num_heads: int):
+        self.masked = masked
+        self.num_heads = num_heads
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the full mask, `(batch * heads, queries, keys)`."""
+        batch, queries, keys = self.masked.shape
+        return torch.Size((batch * self.num_heads, queries, keys))
+
+    @property
+    def device(self) -> torch.device:
+        return self.masked.device
+
+    def materialize(self) -> torch.Tensor:
+        """The full `(batch * heads, queries, keys)` mask, as upstream's mask predictor returns it."""
+        return self.masked[:, None].expand(-1, self.num_heads, -1, -1).flatten(0, 1)
+
+    def sum(self, dim: int) -> torch.Tensor:
+        """Masked keys per `(batch * heads, query)` row for `dim=-1` (a chunk of queries at a time, so that the int64
+        copy the sum makes stays small); other dimensions sum the full mask."""
+        if dim not in (-1, 2):
+            return self.materialize().sum(dim)
+        step = _rows_per_chunk(self.masked.shape[-1] * 2)
+        counts = torch.cat([chunk.sum(-1) for chunk in self.masked.split(step, dim=1)], dim=1)
+        return counts.repeat_interleave(self.num_heads, dim=0)
+
+    def __mul__(self, other: torch.Tensor) -> "HeadSharedAttentionMask | torch.Tensor":
+        """`mask * keep`: with `keep` of shape `(batch * heads, queries, 1)`, as upstream's decoder computes it from
+        `sum(-1)` (the same for every head), the mask of the first head is kept; anything else is multiplied out."""
+        if other.dim() != 3 or other.shape != (*self.shape[:2], 1):
+            return self.materialize() * other
+        keep = other.view(-1, self.num_heads, *other.shape[1:])[:, 0].to(torch.bool)
+        return HeadSharedAttentionMask(self.masked & keep, self.num_heads)
+
+    __rmul__ = __mul__
+
+    def clone(self) -> "HeadSharedAttentionMask":
+        return HeadSharedAttentionMask(self.masked.clone(), self.num_heads)
 
 
 class FastMask2FormerMaskedAttentionDecoderLayer(Mask2FormerMaskedAttentionDecoderLayer):
@@ -298,9 +340,10 @@ class FastMask2FormerMaskedAttentionDecoderLayer(Mask2FormerMaskedAttentionDecod
         query = _split_heads(nn.functional.linear(queries, weight_q, bias_q), heads)
         key = _split_heads(nn.functional.linear(keys, weight_k, bias_k), heads)
         value = _split_heads(nn.functional.linear(values, weight_v, bias_v), heads)
-        allowed = None if masked is None else ~_one_mask_for_all_heads(masked.view(query.shape[0], heads, -1))
-        if allowed is not None:
-            allowed = allowed.view(query.shape[0], -1, *masked.shape[-2:])
+        if isinstance(masked, HeadSharedAttentionMask):  # one mask broadcast over the heads
+            allowed = ~masked.masked[:, None]
+        else:
+            allowed = None if masked is None else ~masked.view(query.shape[0], heads, *masked.shape[-2:])
         output = nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=allowed, dropout_p=attention.dropout if self.training else 0.0
         )
@@ -323,6 +366,8 @@ class FastMask2FormerMaskedAttentionDecoderLayer(Mask2FormerMaskedAttentionDecod
                 query_position_embeddings=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 output_attentions=False):  # fmt: skip
         if output_attentions:
+            if isinstance(encoder_attention_mask, HeadSharedAttentionMask):
+                encoder_attention_mask = encoder_attention_mask.materialize()
             return super().forward(hidden_states, level_index, attention_mask, position_embeddings,
                                    query_position_embeddings, encoder_hidden_states, encoder_attention_mask, True)  # fmt: skip
         values = encoder_hidden_states[level_index]
@@ -411,9 +456,8 @@ class FastMask2FormerMaskPredictor(Mask2FormerMaskPredictor):
             logits = torch.einsum("bqc,bchw->bqhw", mask_embeddings.float(), resized)
             # Upstream's test (sigmoid < 0.5 is not `logit < 0` for tiny negative logits in float).
             masked = logits.sigmoid().flatten(2) < 0.5
-        attention_mask = masked[:, None].expand(-1, self.num_heads, -1, -1).flatten(0, 1)
         masks = MaskLogitsFromEmbeddings(mask_embeddings, pixel_embeddings)
-        return (masks if self.lazy_masks else masks.materialize()), attention_mask
+        return (masks if self.lazy_masks else masks.materialize()), HeadSharedAttentionMask(masked, self.num_heads)
 
 
 def _pair_wise_mask_costs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -759,6 +803,7 @@ __all__ = [
     "FastMask2FormerMaskedAttentionDecoderLayer",
     "FastMask2FormerMultiscaleDeformableAttention",
     "FastMask2FormerSinePositionEmbedding",
+    "HeadSharedAttentionMask",
     "MaskLogitsFromEmbeddings",
     "multi_scale_deformable_attention_gather",
     "use_fast_units",

@@ -13,7 +13,7 @@ import torch
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
 
 from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation, fast_mask2former
-from mask2former_dinov3.fast_mask2former import MaskLogitsFromEmbeddings, use_fast_units
+from mask2former_dinov3.fast_mask2former import HeadSharedAttentionMask, MaskLogitsFromEmbeddings, use_fast_units
 from tiny_configs import tiny_config
 
 
@@ -89,10 +89,22 @@ def test_chunked_point_losses_equal_upstream_on_full_masks(monkeypatch, chunk_el
     assert torch.equal(after_ours, torch.rand(3))
 
 
-def test_one_attention_mask_for_identical_heads_only():
+def test_head_shared_attention_mask_acts_as_upstreams_tensor_in_the_decoder(monkeypatch):
+    """What upstream's decoder does with the mask (count masked keys, unmask fully masked rows), on the shared mask
+    and on upstream's full tensor: the same mask; the count also when split into chunks of queries."""
+    monkeypatch.setattr(fast_mask2former, "_CHUNK_ELEMENTS", 2 * 40 * 3)  # three queries per chunk
     generator = torch.Generator().manual_seed(0)
-    same = (torch.rand(2, 1, 30, generator=generator) > 0.5).expand(2, 4, 30).contiguous()
-    assert fast_mask2former._one_mask_for_all_heads(same).shape == (2, 1, 30)
-    different = same.clone()
-    different[1, 3, 7] = ~different[1, 3, 7]
-    assert fast_mask2former._one_mask_for_all_heads(different) is different
+    masked = torch.rand(2, 7, 40, generator=generator) > 0.4
+    masked[1, 3] = True  # a fully masked row, which the decoder unmasks
+    shared = HeadSharedAttentionMask(masked, num_heads=4)
+    full = shared.materialize()
+    assert full.shape == shared.shape == (8, 7, 40) and full.dtype == shared.dtype == torch.bool
+
+    def decoder_step(mask):  # upstream's Mask2FormerMaskedAttentionDecoder.forward, before each layer
+        where = (mask.sum(-1) != mask.shape[-1]).to(mask.dtype)
+        return mask * where.unsqueeze(-1)
+
+    assert torch.equal(shared.sum(-1), full.sum(-1))
+    stepped = decoder_step(shared)
+    assert isinstance(stepped, HeadSharedAttentionMask)
+    assert torch.equal(stepped.materialize(), decoder_step(full)) and not stepped.masked[1, 3].any()
