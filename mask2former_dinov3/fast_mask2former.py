@@ -512,8 +512,8 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
         return indices
 
 
-# Largest temporary tensor of the chunked point losses, in elements (64 MB of float32).
-_CHUNK_ELEMENTS = 2**24
+# Largest temporary tensor of the chunked point losses, in elements (32 MB of float32).
+_CHUNK_ELEMENTS = 2**23
 
 
 def _rows_per_chunk(*row_sizes: int) -> int:
@@ -557,14 +557,16 @@ def _bilinear_at_points(masks: torch.Tensor, rows: torch.Tensor, coordinates: to
     return result
 
 
-def _sample_matched_targets(mask_labels, matched_targets, coordinates: torch.Tensor) -> torch.Tensor:
+def _sample_matched_targets(mask_labels, matched_targets, coordinates: torch.Tensor,
+                            padded_size: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
     """`(matches, points)` bilinear samples of each image's matched target masks at `coordinates`, as upstream's
     `sample_point` of its zero-padded float targets gives them (up to float rounding).
 
     Targets of any dtype (bool, uint8, float) are read at the points only (`_bilinear_at_points`), a chunk of
     matches at a time, so a thousand full-resolution bool masks are never converted or padded.
     """
-    padded_size = tuple(max(m.shape[d] for m in mask_labels) for d in (-2, -1))
+    if padded_size is None:  # upstream pads every image's targets to the largest of the batch
+        padded_size = tuple(max(m.shape[d] for m in mask_labels) for d in (-2, -1))
     step = _rows_per_chunk(coordinates.shape[1] * 16)  # a dozen (rows, points) temporaries, some int64
     labels, start = [], 0
     for targets, matched in zip(mask_labels, matched_targets):
@@ -588,82 +590,110 @@ def _set_rng_state(device: torch.device, state) -> None:
         torch.get_device_module(device).set_rng_state(state, device)
 
 
+class _MatchedPointSampler:
+    """Upstream's importance-sampled points of the matched queries' masks `embeddings @ features`, a chunk of masks
+    at a time, with upstream's random draws in upstream's order, as often as needed.
+
+    Upstream draws every mask's candidate points first (one `torch.rand`), then every mask's random points. The
+    generator is run past the candidates once (drawn chunk by chunk, as `chunks` draws them) to find the state at
+    which the random points start; `chunks` then replays the draws from the saved states, so the backward pass gets
+    the forward pass's points without storing them.
+    """
+
+    def __init__(self, embeddings: torch.Tensor, features: torch.Tensor, loss, matched_targets):
+        self.device = embeddings.device
+        self.counts = [len(matched) for matched in matched_targets]
+        self.offsets = [sum(self.counts[:image]) for image in range(len(self.counts))]
+        self.num_points = loss.num_points
+        self.uncertain = int(loss.importance_sample_ratio * loss.num_points)
+        self.candidates = int(loss.num_points * loss.oversample_ratio)
+        self.uncertainty = loss.calculate_uncertainty
+        step = _rows_per_chunk(features.shape[-2] * features.shape[-1], self.candidates * 2)
+        self.spans = [(image, first, min(first + step, count)) for image, count in enumerate(self.counts)
+                      for first in range(0, count, step)]  # fmt: skip
+        self.start_state = _rng_state(self.device)
+        for _, first, last in self.spans:
+            torch.rand(last - first, self.candidates, 2, device=self.device)
+        self.random_state = _rng_state(self.device)
+        torch.rand(sum(self.counts), self.num_points - self.uncertain, 2, device=self.device)
+        self.end_state = _rng_state(self.device)
+
+    def chunks(self, embeddings: torch.Tensor, features: torch.Tensor, final_state):
+        """Per chunk: `(image, rows of embeddings, rows of that image's matches, coordinates, logits)`, with
+        `(masks, points)` coordinates and float32 logits; the generator is left at `final_state`."""
+        _set_rng_state(self.device, self.random_state)
+        random_points = torch.rand(sum(self.counts), self.num_points - self.uncertain, 2, device=self.device)
+        _set_rng_state(self.device, self.start_state)
+        try:
+            for image, first, last in self.spans:
+                rows = slice(self.offsets[image] + first, self.offsets[image] + last)
+                with torch.no_grad():
+                    masks = embeddings[rows] @ features[image].flatten(1)
+                    # Sampled in float32, as grid_sample runs under autocast.
+                    masks = masks.view(last - first, 1, *features.shape[-2:]).to(random_points.dtype)
+                    candidates = torch.rand(last - first, self.candidates, 2, device=self.device)
+                    points = _most_uncertain(masks, candidates, self.uncertainty, self.uncertain)
+                    points = torch.cat([points, random_points[rows]], 1)
+                    logits = sample_point(masks, points, align_corners=False)[:, 0]
+                del masks, candidates
+                yield image, rows, slice(first, last), points, logits
+        finally:
+            _set_rng_state(self.device, final_state)
+
+
 class _PointMaskLosses(torch.autograd.Function):
     """Upstream's point losses (`loss_mask`, `loss_dice`) of the matched queries' masks `embeddings @ features`,
-    computed a chunk of masks at a time, forward and backward.
+    computed a chunk of masks at a time, forward and backward, keeping nothing per mask or point in between.
 
-    Upstream selects the matched queries' full masks (`(matches, height, width)` logits, kept for the backward
-    pass of every decoder layer), samples their most uncertain points and takes the losses at those points. Here
-    each chunk's masks are built, sampled and dropped; the backward pass keeps only the points (coordinates and
-    logits) and turns their gradient back into mask gradients one chunk at a time (the bilinear sampling's
-    gradient scattered onto a zero mask, then two matrix products). Same random draws in the same order as
-    upstream: all candidate points first, then the random points, so the generator is run past the candidates
-    once to draw the random points before the chunks draw their candidates.
+    Upstream selects the matched queries' full masks (`(matches, height, width)` logits, kept for the backward pass
+    of every decoder layer), samples their most uncertain points and takes the losses at those points. Here each
+    chunk's masks are built, sampled and dropped (`_MatchedPointSampler`). The backward pass replays the chunks (the
+    same points from the same random draws), takes each chunk's losses' gradient at its points (each mask's losses
+    depend on its own points only) and turns it back into gradients of the embeddings and features: the bilinear
+    sampling's gradient scattered onto a zero mask, then two matrix products. The memory of the losses therefore
+    does not grow with the number of instances or decoder layers; the price is one more mask product per chunk.
     """
 
     @staticmethod
     def forward(ctx, embeddings: torch.Tensor, features: torch.Tensor, plan):
         loss, mask_labels, matched_targets, num_masks = plan
-        device = embeddings.device
-        counts = [len(matched) for matched in matched_targets]
-        num_points = loss.num_points
-        uncertain = int(loss.importance_sample_ratio * num_points)
-        candidates_per_mask = int(num_points * loss.oversample_ratio)
-        step = _rows_per_chunk(features.shape[-2] * features.shape[-1], candidates_per_mask * 2)
-        chunks = [(image, first, min(first + step, count)) for image, count in enumerate(counts)
-                  for first in range(0, count, step)]  # fmt: skip
-        offsets = [sum(counts[:image]) for image in range(len(counts))]
-        # Run the generator past every candidate draw (as the chunks will draw them) to draw the random points.
-        start_state = _rng_state(device)
-        for _, first, last in chunks:
-            torch.rand(last - first, candidates_per_mask, 2, device=device)
-        random_points = torch.rand(sum(counts), num_points - uncertain, 2, device=device)
-        end_state = _rng_state(device)
-        _set_rng_state(device, start_state)
-        coordinates, logits = [], []
-        for image, first, last in chunks:
-            masks = (embeddings[offsets[image] + first : offsets[image] + last] @ features[image].flatten(1))
-            # Sampled in float32, as grid_sample runs under autocast.
-            masks = masks.view(last - first, 1, *features.shape[-2:]).to(random_points.dtype)
-            candidates = torch.rand(last - first, candidates_per_mask, 2, device=device)
-            points = _most_uncertain(masks, candidates, loss.calculate_uncertainty, uncertain)
-            points = torch.cat([points, random_points[offsets[image] + first : offsets[image] + last]], 1)
-            coordinates.append(points)
-            logits.append(sample_point(masks, points, align_corners=False)[:, 0])
-        _set_rng_state(device, end_state)
-        coordinates = torch.cat(coordinates) if coordinates else random_points
-        logits = torch.cat(logits) if logits else random_points.new_zeros(0, num_points)
-        labels = _sample_matched_targets(mask_labels, matched_targets, coordinates)
-        ctx.save_for_backward(embeddings, features, coordinates, logits)
-        ctx.plan, ctx.chunks, ctx.offsets = plan, chunks, offsets
-        return sigmoid_cross_entropy_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks)
+        sampler = _MatchedPointSampler(embeddings, features, loss, matched_targets)
+        padded_size = tuple(max(m.shape[d] for m in mask_labels) for d in (-2, -1))
+        loss_mask = loss_dice = embeddings.new_zeros((), dtype=torch.float32)
+        for image, _, matches, points, logits in sampler.chunks(embeddings, features, sampler.end_state):
+            labels = _sample_matched_targets([mask_labels[image]], [matched_targets[image][matches]], points,
+                                             padded_size)  # fmt: skip
+            loss_mask = loss_mask + sigmoid_cross_entropy_loss(logits, labels, num_masks)
+            loss_dice = loss_dice + dice_loss(logits, labels, num_masks)
+        ctx.save_for_backward(embeddings, features)
+        ctx.plan, ctx.sampler, ctx.padded_size = plan, sampler, padded_size
+        return loss_mask, loss_dice
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_mask: torch.Tensor, grad_dice: torch.Tensor):
-        embeddings, features, coordinates, logits = ctx.saved_tensors
+        embeddings, features = ctx.saved_tensors
         _, mask_labels, matched_targets, num_masks = ctx.plan
-        with torch.enable_grad():
-            logits = logits.detach().requires_grad_()
-            labels = _sample_matched_targets(mask_labels, matched_targets, coordinates)
-            total = grad_mask * sigmoid_cross_entropy_loss(logits, labels, num_masks)
-            total = total + grad_dice * dice_loss(logits, labels, num_masks)
-            (grad_logits,) = torch.autograd.grad(total, logits)
         grad_embeddings = torch.zeros_like(embeddings) if ctx.needs_input_grad[0] else None
         grad_features = torch.zeros_like(features) if ctx.needs_input_grad[1] else None
-        for image, first, last in ctx.chunks:
-            rows = slice(ctx.offsets[image] + first, ctx.offsets[image] + last)
+        now = _rng_state(ctx.sampler.device)
+        for image, rows, matches, points, logits in ctx.sampler.chunks(embeddings, features, now):
+            labels = _sample_matched_targets([mask_labels[image]], [matched_targets[image][matches]], points,
+                                             ctx.padded_size)  # fmt: skip
             with torch.enable_grad():
-                zero_masks = coordinates.new_zeros(last - first, 1, *features.shape[-2:], requires_grad=True)
-                sampled = sample_point(zero_masks, coordinates[rows], align_corners=False)
-                (grad_masks,) = torch.autograd.grad(sampled, zero_masks, grad_logits[rows, None])
+                logits = logits.requires_grad_()
+                total = grad_mask * sigmoid_cross_entropy_loss(logits, labels, num_masks)
+                total = total + grad_dice * dice_loss(logits, labels, num_masks)
+                (grad_logits,) = torch.autograd.grad(total, logits)
+                zero_masks = points.new_zeros(len(points), 1, *features.shape[-2:], requires_grad=True)
+                sampled = sample_point(zero_masks, points, align_corners=False)
+                (grad_masks,) = torch.autograd.grad(sampled, zero_masks, grad_logits[:, None])
             grad_masks = grad_masks.flatten(1).to(features.dtype)
             if grad_embeddings is not None:
                 grad_embeddings[rows] = grad_masks @ features[image].flatten(1).T
             if grad_features is not None:
                 grad_features[image] += (embeddings[rows].T @ grad_masks).view_as(features[image])
         return grad_embeddings, grad_features, None
-
 
 
 class FastMask2FormerLoss(Mask2FormerLoss):
