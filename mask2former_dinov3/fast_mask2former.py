@@ -497,13 +497,14 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
             target_points = _sample_matched_targets([targets], [every_target], points.expand(len(targets), -1, -1))
             target_points = target_points.to(features.dtype)
             feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
-            predicted_points = embeddings[image] @ feature_points
-            cross_entropy, dice = _pair_wise_mask_costs(predicted_points, target_points)
-            costs = (
-                self.cost_mask * cross_entropy
-                + self.cost_dice * dice
-                - self.cost_class * class_queries_logits[image].softmax(-1)[:, classes]
-            )
+            class_costs = class_queries_logits[image].softmax(-1)[:, classes]
+            # A chunk of queries at a time: with thousands of queries their point logits alone are 100s of MB.
+            costs = []
+            for queries in torch.split(torch.arange(len(class_costs)), _rows_per_chunk(self.num_points * 4)):
+                cross_entropy, dice = _pair_wise_mask_costs(embeddings[image, queries] @ feature_points, target_points)
+                costs.append(self.cost_mask * cross_entropy + self.cost_dice * dice
+                             - self.cost_class * class_costs[queries])  # fmt: skip
+            costs = torch.cat(costs)
             # Non-finite costs are matched last, as upstream; float(): scipy takes no bfloat16.
             largest = torch.finfo(torch.float32).max
             costs = torch.nan_to_num(costs.float(), nan=largest, posinf=largest, neginf=largest)

@@ -108,3 +108,22 @@ def test_head_shared_attention_mask_acts_as_upstreams_tensor_in_the_decoder(monk
     stepped = decoder_step(shared)
     assert isinstance(stepped, HeadSharedAttentionMask)
     assert torch.equal(stepped.materialize(), decoder_step(full)) and not stepped.masked[1, 3].any()
+
+
+def test_matcher_in_query_chunks_matches_like_upstream(monkeypatch):
+    monkeypatch.setattr(fast_mask2former, "_CHUNK_ELEMENTS", 300 * 4 * 3)  # three queries per chunk
+    config = tiny_config(train_num_points=300)
+    ours = use_fast_units(Mask2FormerLoss(config, {"loss_cross_entropy": 1.0})).matcher
+    upstream = Mask2FormerLoss(config, {"loss_cross_entropy": 1.0}).matcher
+    generator = torch.Generator().manual_seed(2)
+    embeddings = torch.randn(2, 11, 16, generator=generator)
+    features = torch.randn(2, 16, 16, 24, generator=generator)
+    classes = torch.randn(2, 11, config.num_labels + 1, generator=generator)
+    masks, class_labels = dense_targets(sizes=((64, 96), (64, 96)))
+    torch.manual_seed(3)
+    a = ours(MaskLogitsFromEmbeddings(embeddings, features), classes, masks, class_labels)
+    torch.manual_seed(3)
+    b = upstream(torch.einsum("bqc,bchw->bqhw", embeddings, features), classes, [m.float() for m in masks],
+                 class_labels)  # fmt: skip
+    for (rows_a, cols_a), (rows_b, cols_b) in zip(a, b):
+        assert torch.equal(rows_a, rows_b) and torch.equal(cols_a, cols_b)
