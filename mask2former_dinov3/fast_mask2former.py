@@ -493,9 +493,7 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
         indices = []
         for image, (classes, targets) in enumerate(zip(class_labels, mask_labels)):
             points = torch.rand(1, self.num_points, 2, device=features.device)
-            every_target = torch.arange(len(targets), device=targets.device)
-            target_points = _sample_matched_targets([targets], [every_target], points.expand(len(targets), -1, -1))
-            target_points = target_points.to(features.dtype)
+            target_points = _sample_at_shared_points(targets, points[0]).to(features.dtype)
             feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
             class_costs = class_queries_logits[image].softmax(-1)[:, classes]
             # A chunk of queries at a time: with thousands of queries their point logits alone are 100s of MB.
@@ -530,53 +528,114 @@ def _most_uncertain(logits: torch.Tensor, candidates: torch.Tensor, uncertainty_
     return candidates.gather(1, chosen[..., None].expand(-1, -1, 2))
 
 
-def _bilinear_at_points(masks: torch.Tensor, rows: torch.Tensor, coordinates: torch.Tensor,
-                        padded_size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
-    """`sample_point(padded[rows][:, None].float(), coordinates, align_corners=False)[:, 0]`, where `padded` is
-    `masks` (`(N, h, w)`, any dtype) zero-padded at the bottom and right to `padded_size`, read at the points only.
+class _TargetMasks(list):
+    """A batch's target masks (a list, as upstream's loss passes it on) with each mask's bounding box, computed once
+    per loss call and read by every decoder layer's matcher and point losses."""
 
-    grid_sample's bilinear weights, read from the four neighbouring pixels of each point: no mask is converted
-    to float or padded as a whole (at 1024 px a float mask is 4 MB, its points 50 KB).
-    """
+    def boxes(self, image: int) -> torch.Tensor:
+        """`(masks, 4)` `[top, bottom, left, right)` boxes of image `image`'s masks' nonzero pixels."""
+        cache = self.__dict__.setdefault("_boxes", {})
+        if image not in cache:
+            cache[image] = _nonzero_boxes(self[image])
+        return cache[image]
+
+
+def _nonzero_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """`(N, 4)` int64 `[top, bottom, left, right)` of the nonzero pixels of each `(N, H, W)` mask (all zero for an
+    empty mask), a chunk of masks at a time."""
     height, width = masks.shape[-2:]
-    flat = masks.reshape(-1)
-    # grid_sample's own float operations (align_corners=False), so that points on pixel centres round alike.
-    x = (2 * coordinates[..., 0] - 1 + 1) * (padded_size[1] / 2) - 0.5
-    y = (2 * coordinates[..., 1] - 1 + 1) * (padded_size[0] / 2) - 0.5
-    left, top = x.floor(), y.floor()
-    fraction_x, fraction_y = x - left, y - top
-    left, top = left.long(), top.long()
-    base = rows.to(flat.device).view(-1, 1) * (height * width)
-    result = torch.zeros_like(x)
-    for dy, weight_y in ((0, 1 - fraction_y), (1, fraction_y)):
-        for dx, weight_x in ((0, 1 - fraction_x), (1, fraction_x)):
-            column, line = left + dx, top + dy
-            inside = (column >= 0) & (column < width) & (line >= 0) & (line < height)
-            index = base + line.clamp(0, height - 1) * width + column.clamp(0, width - 1)
-            values = flat[index].to(result.dtype) * inside
-            result += weight_y * weight_x * values
-    return result
+    boxes = []
+    for chunk in masks.split(_rows_per_chunk(height * width)):
+        nonzero = chunk if chunk.dtype == torch.bool else chunk != 0
+        rows, columns = nonzero.any(2), nonzero.any(1)
+        top, left = rows.int().argmax(1), columns.int().argmax(1)
+        bottom, right = height - rows.flip(1).int().argmax(1), width - columns.flip(1).int().argmax(1)
+        box = torch.stack((top, bottom, left, right), 1)
+        boxes.append(box * rows.any(1, keepdim=True))
+    return torch.cat(boxes) if boxes else torch.zeros(0, 4, dtype=torch.int64, device=masks.device)
+
+
+def _sample_in_boxes(masks: torch.Tensor, boxes: torch.Tensor, rows: torch.Tensor, coordinates: torch.Tensor,
+                     padded_size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+    """`sample_point(padded[rows][:, None].float(), coordinates, align_corners=False)[:, 0]`, where `padded` is
+    `masks` (`(N, h, w)`, any dtype) zero-padded at the bottom and right to `padded_size`, reading only each mask's
+    bounding box.
+
+    Outside its box a mask is zero, as grid_sample's zero padding reads it, so each mask's box is cut out (a cell is
+    a few hundred pixels of a million at 1024 px), the points are moved into the box and sampled there: no mask is
+    converted to float or padded as a whole.
+    """
+    boxes = boxes[rows.to(boxes.device)].tolist()
+    sampled, first = [], 0
+    while first < len(boxes):
+        # As many masks as fit one chunk at the size of the largest box among them.
+        last, height, width = first, 1, 1
+        while last < len(boxes):
+            top, bottom, left, right = boxes[last]
+            grown = max(height, bottom - top), max(width, right - left)
+            if last > first and (last - first + 1) * grown[0] * grown[1] > _CHUNK_ELEMENTS:
+                break
+            height, width, last = *grown, last + 1
+        crops = coordinates.new_zeros(last - first, 1, height, width)
+        for crop, row, (top, bottom, left, right) in zip(crops, rows[first:last].tolist(), boxes[first:last]):
+            crop[0, : bottom - top, : right - left] = masks[row, top:bottom, left:right]
+        origin = coordinates.new_tensor([[box[2], box[0]] for box in boxes[first:last]])[:, None]
+        sizes = coordinates.new_tensor([padded_size[1], padded_size[0]])
+        # Pixel coordinates as grid_sample computes them (align_corners=False), then in each box, normalised to it.
+        pixels = (2 * coordinates[first:last] - 1 + 1) * (sizes / 2) - 0.5 - origin
+        grid = (pixels + 0.5) * (2 / coordinates.new_tensor([width, height])) - 1
+        sampled.append(nn.functional.grid_sample(crops, grid[:, :, None], align_corners=False)[:, 0, :, 0])
+        first = last
+    return torch.cat(sampled) if sampled else coordinates.new_zeros(0, coordinates.shape[1])
 
 
 def _sample_matched_targets(mask_labels, matched_targets, coordinates: torch.Tensor,
-                            padded_size: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
+                            padded_size: tuple[int, int] | None = None, images=None) -> torch.Tensor:  # fmt: skip
     """`(matches, points)` bilinear samples of each image's matched target masks at `coordinates`, as upstream's
     `sample_point` of its zero-padded float targets gives them (up to float rounding).
 
-    Targets of any dtype (bool, uint8, float) are read at the points only (`_bilinear_at_points`), a chunk of
-    matches at a time, so a thousand full-resolution bool masks are never converted or padded.
+    Targets of any dtype (bool, uint8, float) are read in their bounding boxes only (`_sample_in_boxes`), so a
+    thousand full-resolution bool masks are never converted or padded. `images`: the indices in `mask_labels` of
+    the images that `matched_targets` lists (default: all, in order).
     """
     if padded_size is None:  # upstream pads every image's targets to the largest of the batch
         padded_size = tuple(max(m.shape[d] for m in mask_labels) for d in (-2, -1))
-    step = _rows_per_chunk(coordinates.shape[1] * 16)  # a dozen (rows, points) temporaries, some int64
+    images = range(len(mask_labels)) if images is None else images
     labels, start = [], 0
-    for targets, matched in zip(mask_labels, matched_targets):
-        for first in range(0, len(matched), step):
-            rows = matched[first : first + step]
-            points = coordinates[start + first : start + first + len(rows)]
-            labels.append(_bilinear_at_points(targets, rows, points, padded_size))
+    for image, matched in zip(images, matched_targets):
+        targets = mask_labels[image]
+        boxes = mask_labels.boxes(image) if isinstance(mask_labels, _TargetMasks) else _nonzero_boxes(targets)
+        points = coordinates[start : start + len(matched)]
+        labels.append(_sample_in_boxes(targets, boxes, matched, points, padded_size))
         start += len(matched)
     return torch.cat(labels) if labels else coordinates.new_zeros(0, coordinates.shape[1])
+
+
+def _sample_at_shared_points(targets: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """`sample_point(targets[:, None].float(), points.expand(N, -1, -1), align_corners=False)[:, 0]` for `(N, H,
+    W)` targets of any dtype and `(points, 2)` coordinates shared by all: the four neighbouring pixels of each point
+    are found once and read from every target (no target is converted to float as a whole)."""
+    height, width = targets.shape[-2:]
+    pixels = (2 * points - 1 + 1) * (points.new_tensor([width, height]) / 2) - 0.5
+    lower = pixels.floor()
+    fraction = pixels - lower
+    lower = lower.long()
+    corners = []
+    for dy in (0, 1):
+        for dx in (0, 1):
+            column, line = lower[:, 0] + dx, lower[:, 1] + dy
+            inside = (column >= 0) & (column < width) & (line >= 0) & (line < height)
+            weight = (fraction[:, 0] if dx else 1 - fraction[:, 0]) * (fraction[:, 1] if dy else 1 - fraction[:, 1])
+            index = line.clamp(0, height - 1) * width + column.clamp(0, width - 1)
+            corners.append((index, weight * inside))
+    flat = targets.reshape(len(targets), -1)
+    sampled = []
+    for chunk in flat.split(_rows_per_chunk(len(points) * 4)):
+        total = points.new_zeros(len(chunk), len(points))
+        for index, weight in corners:
+            total += chunk[:, index].to(total.dtype) * weight
+        sampled.append(total)
+    return torch.cat(sampled) if sampled else points.new_zeros(0, len(points))
 
 
 def _rng_state(device: torch.device):
@@ -662,8 +721,8 @@ class _PointMaskLosses(torch.autograd.Function):
         padded_size = tuple(max(m.shape[d] for m in mask_labels) for d in (-2, -1))
         loss_mask = loss_dice = embeddings.new_zeros((), dtype=torch.float32)
         for image, _, matches, points, logits in sampler.chunks(embeddings, features, sampler.end_state):
-            labels = _sample_matched_targets([mask_labels[image]], [matched_targets[image][matches]], points,
-                                             padded_size)  # fmt: skip
+            labels = _sample_matched_targets(mask_labels, [matched_targets[image][matches]], points, padded_size,
+                                             images=[image])  # fmt: skip
             loss_mask = loss_mask + sigmoid_cross_entropy_loss(logits, labels, num_masks)
             loss_dice = loss_dice + dice_loss(logits, labels, num_masks)
         ctx.save_for_backward(embeddings, features)
@@ -679,8 +738,8 @@ class _PointMaskLosses(torch.autograd.Function):
         grad_features = torch.zeros_like(features) if ctx.needs_input_grad[1] else None
         now = _rng_state(ctx.sampler.device)
         for image, rows, matches, points, logits in ctx.sampler.chunks(embeddings, features, now):
-            labels = _sample_matched_targets([mask_labels[image]], [matched_targets[image][matches]], points,
-                                             ctx.padded_size)  # fmt: skip
+            labels = _sample_matched_targets(mask_labels, [matched_targets[image][matches]], points,
+                                             ctx.padded_size, images=[image])  # fmt: skip
             with torch.enable_grad():
                 logits = logits.requires_grad_()
                 total = grad_mask * sigmoid_cross_entropy_loss(logits, labels, num_masks)
@@ -749,6 +808,12 @@ class FastMask2FormerLoss(Mask2FormerLoss):
             "loss_mask": sigmoid_cross_entropy_loss(logits, labels, num_masks),
             "loss_dice": dice_loss(logits, labels, num_masks),
         }
+
+    def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels,
+                auxiliary_predictions=None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Upstream's loss, with each target mask's bounding box found once for all decoder layers."""
+        return super().forward(masks_queries_logits, class_queries_logits, _TargetMasks(mask_labels), class_labels,
+                               auxiliary_predictions)  # fmt: skip
 
     def get_num_masks(self, class_labels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
         num_masks = torch.as_tensor(sum(len(classes) for classes in class_labels), dtype=torch.float, device=device)

@@ -127,3 +127,27 @@ def test_matcher_in_query_chunks_matches_like_upstream(monkeypatch):
                  class_labels)  # fmt: skip
     for (rows_a, cols_a), (rows_b, cols_b) in zip(a, b):
         assert torch.equal(rows_a, rows_b) and torch.equal(cols_a, cols_b)
+
+
+def test_targets_read_in_their_boxes_equal_upstreams_sampling_of_padded_float_masks(monkeypatch):
+    """Small cells (boxes far smaller than the image), an empty mask, a mask touching the border, points on and
+    off pixel centres and outside the image, an image smaller than the padded batch size, several chunks."""
+    from transformers.models.mask2former.modeling_mask2former import sample_point
+
+    monkeypatch.setattr(fast_mask2former, "_CHUNK_ELEMENTS", 200)
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(6, 40, 50, dtype=torch.bool)
+    for k, (top, left, h, w) in enumerate([(3, 4, 5, 7), (20, 30, 9, 4), (0, 0, 2, 50), (35, 45, 5, 5), (10, 10, 1, 1)]):
+        masks[k, top : top + h, left : left + w] = True  # mask 5 stays empty
+    padded = (48, 64)
+    points = torch.rand(6, 300, 2, generator=generator) * 1.1 - 0.05
+    points[:, :10] = (torch.tensor([[10.5, 5.5]]) / torch.tensor([padded[1], padded[0]]))  # on a pixel centre
+    rows = torch.tensor([4, 0, 5, 2, 1, 3])
+    ours = fast_mask2former._sample_in_boxes(masks, fast_mask2former._nonzero_boxes(masks), rows, points, padded)
+    expected_masks = torch.nn.functional.pad(masks.float(), (0, padded[1] - 50, 0, padded[0] - 40))[rows]
+    expected = sample_point(expected_masks[:, None], points, align_corners=False)[:, 0]
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+    assert expected.sum() > 0
+    shared = fast_mask2former._sample_at_shared_points(masks, points[0])
+    torch.testing.assert_close(shared, sample_point(masks.float()[:, None], points[:1].expand(6, -1, -1),
+                                                    align_corners=False)[:, 0], atol=1e-6, rtol=0)  # fmt: skip
