@@ -628,7 +628,7 @@ def _sample_at_shared_points(targets: torch.Tensor, points: torch.Tensor) -> tor
             weight = (fraction[:, 0] if dx else 1 - fraction[:, 0]) * (fraction[:, 1] if dy else 1 - fraction[:, 1])
             index = line.clamp(0, height - 1) * width + column.clamp(0, width - 1)
             corners.append((index, weight * inside))
-    flat = targets.reshape(len(targets), -1)
+    flat = targets.reshape(len(targets), height * width)
     sampled = []
     for chunk in flat.split(_rows_per_chunk(len(points) * 4)):
         total = points.new_zeros(len(chunk), len(points))

@@ -92,7 +92,8 @@ def post_process_instance_segmentation(outputs, threshold: float = 0.5, mask_thr
                     segmentation[mask] = len(segments)
                     segments.append({"id": len(segments), "label_id": labels[position].item(), "was_fused": False,
                                      "score": round(score, 6)})  # fmt: skip
-                    maps.append(mask)
+                    if return_binary_maps:
+                        maps.append(mask)
         if return_coco_annotation:
             segmentation = convert_segmentation_to_rle(segmentation)
         if return_binary_maps and maps:

@@ -72,16 +72,17 @@ def test_panoptic_equals_upstream_without_resize(processors):
 
 def thin_structure_outputs(image_size=2048, stride=4):
     """A grid of thin lines (8 px wide at `image_size`) and a model that predicts them perfectly at its own mask
-    size (1/`stride` of the input: 512 px for 2048): logit +8 on the lines, -8 elsewhere, for one confident query."""
+    size (1/`stride` of the input: 512 px for 2048): logit +8 on the lines, -8 elsewhere, for one confident query
+    of class 0."""
     truth = torch.zeros(image_size, image_size, dtype=torch.bool)
-    for start in range(100, image_size - 100, 150):
-        truth[start : start + 8, 50:-50] = True
-        truth[50:-50, start + 40 : start + 48] = True
+    for start in range(100, image_size - 100, 152):  # on the mask grid (multiples of 4), 2 mask pixels wide
+        truth[start : start + 8, 48:-48] = True
+        truth[48:-48, start + 40 : start + 48] = True
     mask_size = image_size // stride
     coarse = truth.view(mask_size, stride, mask_size, stride).float().mean((1, 3)) > 0.5
     masks = torch.where(coarse, 8.0, -8.0)[None, None].repeat(1, 2, 1, 1)
-    masks[0, 1] = -8.0  # a second, empty query
-    classes = torch.tensor([[[6.0, -6.0], [-6.0, 6.0]]])
+    masks[0, 1] = 0.0  # a second query, of class 1, at probability 0.5 everywhere: the semantic background
+    classes = torch.tensor([[[6.0, -6.0, -6.0], [-6.0, 6.0, -6.0]]])
     return truth, SimpleNamespace(class_queries_logits=classes, masks_queries_logits=masks)
 
 
