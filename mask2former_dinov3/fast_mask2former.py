@@ -477,7 +477,8 @@ def _pair_wise_mask_costs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[
 
 
 class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
-    """Upstream's Hungarian matcher, which can also match `MaskLogitsFromEmbeddings` without building them.
+    """Upstream's Hungarian matcher, which can also match `MaskLogitsFromEmbeddings` without building them, reads
+    targets of any dtype at its points only and computes the costs a chunk of queries at a time.
 
     The matcher compares masks at `num_points` random points shared by all queries of an image. Sampling (bilinear)
     and the query-feature product are both linear, so the mask features are sampled once at those points and
@@ -487,19 +488,27 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
 
     @torch.no_grad()
     def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels):
-        if not isinstance(masks_queries_logits, MaskLogitsFromEmbeddings):
-            return super().forward(masks_queries_logits, class_queries_logits, mask_labels, class_labels)
-        embeddings, features = masks_queries_logits.mask_embeddings, masks_queries_logits.pixel_embeddings
+        lazy = isinstance(masks_queries_logits, MaskLogitsFromEmbeddings)
+        if lazy:
+            embeddings, features = masks_queries_logits.mask_embeddings, masks_queries_logits.pixel_embeddings
         indices = []
         for image, (classes, targets) in enumerate(zip(class_labels, mask_labels)):
-            points = torch.rand(1, self.num_points, 2, device=features.device)
-            target_points = _sample_at_shared_points(targets, points[0]).to(features.dtype)
-            feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
+            points = torch.rand(1, self.num_points, 2, device=class_queries_logits.device)
+            # Targets of any dtype are read at the points only (bool labels are never converted as a whole).
+            target_points = _sample_at_shared_points(targets, points[0]).to(class_queries_logits.dtype)
+            if lazy:
+                feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
             class_costs = class_queries_logits[image].softmax(-1)[:, classes]
             # A chunk of queries at a time: with thousands of queries their point logits alone are 100s of MB.
             costs = []
             for queries in torch.split(torch.arange(len(class_costs)), _rows_per_chunk(self.num_points * 4)):
-                cross_entropy, dice = _pair_wise_mask_costs(embeddings[image, queries] @ feature_points, target_points)
+                if lazy:
+                    predicted_points = embeddings[image, queries] @ feature_points
+                else:
+                    predicted = masks_queries_logits[image, queries][:, None]
+                    predicted_points = sample_point(predicted, points.expand(len(queries), -1, -1),
+                                                    align_corners=False)[:, 0]  # fmt: skip
+                cross_entropy, dice = _pair_wise_mask_costs(predicted_points, target_points.to(predicted_points))
                 costs.append(self.cost_mask * cross_entropy + self.cost_dice * dice
                              - self.cost_class * class_costs[queries])  # fmt: skip
             costs = torch.cat(costs)

@@ -125,8 +125,11 @@ def test_matcher_in_query_chunks_matches_like_upstream(monkeypatch):
     torch.manual_seed(3)
     b = upstream(torch.einsum("bqc,bchw->bqhw", embeddings, features), classes, [m.float() for m in masks],
                  class_labels)  # fmt: skip
-    for (rows_a, cols_a), (rows_b, cols_b) in zip(a, b):
+    torch.manual_seed(3)  # full logits (output_auxiliary_logits=True) with bool labels
+    c = ours(torch.einsum("bqc,bchw->bqhw", embeddings, features), classes, masks, class_labels)
+    for (rows_a, cols_a), (rows_b, cols_b), (rows_c, cols_c) in zip(a, b, c):
         assert torch.equal(rows_a, rows_b) and torch.equal(cols_a, cols_b)
+        assert torch.equal(rows_c, rows_b) and torch.equal(cols_c, cols_b)
 
 
 def test_targets_read_in_their_boxes_equal_upstreams_sampling_of_padded_float_masks(monkeypatch):
