@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             r = results[-1]
             print(f"{units} {instances}: {r['peak_above_inputs_mb']} MB, {r['step_cpu_s']} s", flush=True)
-    print(f"\n{args.size}x{args.size}, batch 1, dinov3-vits16, queries = ceil(1.25 x instances), {args.threads} thread(s)")
+    print(f"\n{args.size}x{args.size}, batch 1, dinov3-vits16, queries = ceil(1.25 x instances), "
+          f"{args.threads} thread(s)")  # fmt: skip
     print(f"{'units':9s} {'inst.':>6s} {'queries':>7s} {'labels':>8s} {'peak MB':>8s} {'CPU s':>7s}")
     for r in results:
         if "peak_above_inputs_mb" in r:

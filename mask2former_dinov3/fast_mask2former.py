@@ -648,15 +648,26 @@ def _sample_at_shared_points(targets: torch.Tensor, points: torch.Tensor) -> tor
 
 
 def _rng_state(device: torch.device):
-    """The state of the generator that `torch.rand(..., device=device)` draws from."""
-    return torch.get_rng_state() if device.type == "cpu" else torch.get_device_module(device).get_rng_state(device)
+    """The state of the default generator that `torch.rand(..., device=device)` draws from."""
+    if device.type == "cpu":
+        return torch.get_rng_state()
+    module = torch.get_device_module(device)
+    try:
+        return module.get_rng_state(device)
+    except TypeError:  # backends with one device and no `device` argument (mps)
+        return module.get_rng_state()
 
 
 def _set_rng_state(device: torch.device, state) -> None:
+    """Set the state of the default generator of `device` (see `_rng_state`)."""
     if device.type == "cpu":
         torch.set_rng_state(state)
-    else:
-        torch.get_device_module(device).set_rng_state(state, device)
+        return
+    module = torch.get_device_module(device)
+    try:
+        module.set_rng_state(state, device)
+    except TypeError:
+        module.set_rng_state(state)
 
 
 class _MatchedPointSampler:
@@ -766,7 +777,8 @@ class _PointMaskLosses(torch.autograd.Function):
 
 
 class FastMask2FormerLoss(Mask2FormerLoss):
-    """Upstream's Mask2Former loss with the number of target masks averaged correctly across processes.
+    """Upstream's Mask2Former loss with the number of target masks averaged correctly across processes, in memory
+    that does not grow with the instances.
 
     Upstream's `get_num_masks` all-reduces with accelerate's `reduce`, whose default reduction is already the mean, and
     then divides by the world size again: with N processes the masks are counted N times too few and the mask and
@@ -774,9 +786,11 @@ class FastMask2FormerLoss(Mask2FormerLoss):
     DETR / Mask2Former do), so that DDP's gradient averaging gives the gradient of the loss over the global batch.
     (A correctness fix rather than a speed-up; its own upstream PR.)
 
-    Dense scenes (hundreds of targets per image): the point losses sample every target mask where it is, instead of
-    padding all of them to a common size and copying the matched ones for each of the ten predictions, and the
-    uncertain points are selected without sorting them (the losses are sums over points, so their order is moot).
+    Dense scenes (thousands of targets per image): from `MaskLogitsFromEmbeddings` the point losses are computed a
+    chunk of matched masks at a time and replayed in the backward pass (`_PointMaskLosses`), so no matched query's
+    full mask is kept for any decoder layer; targets of any dtype (bool, uint8, float) are read in their bounding
+    boxes at the sampled points, never converted or padded as a whole; uncertain points are selected without sorting
+    them (the losses are sums over points, so their order is moot). Same random draws, same values as upstream.
     """
 
     def sample_points_using_uncertainty(self, logits, uncertainty_function, num_points, oversample_ratio,
@@ -784,7 +798,8 @@ class FastMask2FormerLoss(Mask2FormerLoss):
         """Upstream's importance sampling (same random draws, same points) with the points in no particular order."""
         masks, candidates = logits.shape[0], int(num_points * oversample_ratio)
         coordinates = torch.rand(masks, candidates, 2, device=logits.device)
-        coordinates = _most_uncertain(logits, coordinates, uncertainty_function, int(importance_sample_ratio * num_points))
+        uncertain = int(importance_sample_ratio * num_points)
+        coordinates = _most_uncertain(logits, coordinates, uncertainty_function, uncertain)
         if num_points > coordinates.shape[1]:
             extra = torch.rand(masks, num_points - coordinates.shape[1], 2, device=logits.device)
             coordinates = torch.cat([coordinates, extra], 1)

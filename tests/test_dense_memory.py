@@ -140,7 +140,8 @@ def test_targets_read_in_their_boxes_equal_upstreams_sampling_of_padded_float_ma
     monkeypatch.setattr(fast_mask2former, "_CHUNK_ELEMENTS", 200)
     generator = torch.Generator().manual_seed(0)
     masks = torch.zeros(6, 40, 50, dtype=torch.bool)
-    for k, (top, left, h, w) in enumerate([(3, 4, 5, 7), (20, 30, 9, 4), (0, 0, 2, 50), (35, 45, 5, 5), (10, 10, 1, 1)]):
+    cells = [(3, 4, 5, 7), (20, 30, 9, 4), (0, 0, 2, 50), (35, 45, 5, 5), (10, 10, 1, 1)]
+    for k, (top, left, h, w) in enumerate(cells):
         masks[k, top : top + h, left : left + w] = True  # mask 5 stays empty
     padded = (48, 64)
     points = torch.rand(6, 300, 2, generator=generator) * 1.1 - 0.05

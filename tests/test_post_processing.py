@@ -131,7 +131,7 @@ def _resident_mb() -> float:
         return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's peak-RSS reset (/proc/self/clear_refs)")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's peak-RSS reset (clear_refs)")
 def test_instance_post_processing_never_holds_every_query_at_full_size(processors):
     """600 queries at 1024x1024 would be 2.4 GB as upstream's `(queries, H, W)` floats; here at most a chunk."""
     ours, _ = processors
