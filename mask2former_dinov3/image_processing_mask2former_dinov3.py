@@ -10,9 +10,13 @@ from transformers.models.mask2former.image_processing_pil_mask2former import (
     Mask2FormerImageProcessorPil,
 )
 
-from . import post_processing
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
 from .intensity import to_uint8
+from .post_processing import (
+    post_process_instance_segmentation,
+    post_process_panoptic_segmentation,
+    post_process_semantic_segmentation,
+)
 from .presets import IMAGENET_MEAN, IMAGENET_STD, get_preset
 
 
@@ -64,17 +68,17 @@ class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
         """Upstream's, resized once from the model's mask size to the target size and in query chunks (see
         `mask2former_dinov3.post_processing`; binary maps are bool), warning when an image gets no instance only
         because of `threshold`."""
-        results = post_processing.post_process_instance_segmentation(outputs, threshold=threshold, **kwargs)
+        results = post_process_instance_segmentation(outputs, threshold=threshold, **kwargs)
         return self._warn_if_thresholded_away(outputs, results, threshold)
 
     def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores=False):
         """Upstream's, resized once from the model's mask size to the target size, in query chunks."""
-        return post_processing.post_process_semantic_segmentation(outputs, target_sizes, return_segmentation_scores)
+        return post_process_semantic_segmentation(outputs, target_sizes, return_segmentation_scores)
 
     def post_process_panoptic_segmentation(self, outputs, threshold: float = 0.5, **kwargs) -> list[dict]:
         """Upstream's, resized once from the model's mask size to the target size, warning when an image gets no
         segment only because of `threshold`."""
-        results = post_processing.post_process_panoptic_segmentation(outputs, threshold=threshold, **kwargs)
+        results = post_process_panoptic_segmentation(outputs, threshold=threshold, **kwargs)
         return self._warn_if_thresholded_away(outputs, results, threshold)
 
     def _warn_if_thresholded_away(self, outputs, results: list[dict], threshold: float) -> list[dict]:
