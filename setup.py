@@ -28,6 +28,8 @@ setup(
         # The prediction CLI writes COCO RLE and shows a progress bar without the training extras.
         "pycocotools>=2.0.7",
         "tqdm",
+        # Microscopy label images (16/32-bit TIFF): read for training, written by `predict --label_images`.
+        "tifffile",
     ],
     extras_require={"train": TRAIN, "export": EXPORT, "test": TEST},
     entry_points={

@@ -263,6 +263,61 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.permute(2, 0, 1, 3).reshape(length, batch_size, num_heads * head_dim)
 
 
+class HeadSharedAttentionMask:
+    """A `(batch * heads, queries, keys)` boolean attention mask (True = masked) whose heads are all the same, kept
+    as its `(batch, queries, keys)` mask.
+
+    `FastMask2FormerMaskPredictor` hands these on instead of upstream's tensor, whose heads are copies. Upstream's
+    decoder reads it only through `sum(-1)`, `shape`, `dtype` and `* where.unsqueeze(-1)` (unmasking fully masked
+    rows) and passes it to the decoder layer, which gives it to the fused attention as one `(batch, 1, queries,
+    keys)` mask broadcast over the heads. With 2,500 queries over the 1/8 level (128x128 keys at 1024 px) upstream's
+    tensor is 330 MB, the int64 copy that `sum(-1)` makes of it 2.6 GB, and the float mask that the fused attention
+    keeps for its backward pass 1.3 GB; here 40 MB, 40 MB (counted a chunk of queries at a time) and 160 MB.
+    """
+
+    dtype = torch.bool
+
+    def __init__(self, masked: torch.Tensor, num_heads: int):
+        self.masked = masked
+        self.num_heads = num_heads
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the full mask, `(batch * heads, queries, keys)`."""
+        batch, queries, keys = self.masked.shape
+        return torch.Size((batch * self.num_heads, queries, keys))
+
+    @property
+    def device(self) -> torch.device:
+        return self.masked.device
+
+    def materialize(self) -> torch.Tensor:
+        """The full `(batch * heads, queries, keys)` mask, as upstream's mask predictor returns it."""
+        return self.masked[:, None].expand(-1, self.num_heads, -1, -1).flatten(0, 1)
+
+    def sum(self, dim: int) -> torch.Tensor:
+        """Masked keys per `(batch * heads, query)` row for `dim=-1` (a chunk of queries at a time, so that the int64
+        copy the sum makes stays small); other dimensions sum the full mask."""
+        if dim not in (-1, 2):
+            return self.materialize().sum(dim)
+        step = _rows_per_chunk(self.masked.shape[-1] * 2)
+        counts = torch.cat([chunk.sum(-1) for chunk in self.masked.split(step, dim=1)], dim=1)
+        return counts.repeat_interleave(self.num_heads, dim=0)
+
+    def __mul__(self, other: torch.Tensor) -> "HeadSharedAttentionMask | torch.Tensor":
+        """`mask * keep`: with `keep` of shape `(batch * heads, queries, 1)`, as upstream's decoder computes it from
+        `sum(-1)` (the same for every head), the mask of the first head is kept; anything else is multiplied out."""
+        if other.dim() != 3 or other.shape != (*self.shape[:2], 1):
+            return self.materialize() * other
+        keep = other.view(-1, self.num_heads, *other.shape[1:])[:, 0].to(torch.bool)
+        return HeadSharedAttentionMask(self.masked & keep, self.num_heads)
+
+    __rmul__ = __mul__
+
+    def clone(self) -> "HeadSharedAttentionMask":
+        return HeadSharedAttentionMask(self.masked.clone(), self.num_heads)
+
+
 class FastMask2FormerMaskedAttentionDecoderLayer(Mask2FormerMaskedAttentionDecoderLayer):
     """Upstream's masked-attention decoder layer (same parameters, same results) on fused attention kernels.
 
@@ -285,7 +340,10 @@ class FastMask2FormerMaskedAttentionDecoderLayer(Mask2FormerMaskedAttentionDecod
         query = _split_heads(nn.functional.linear(queries, weight_q, bias_q), heads)
         key = _split_heads(nn.functional.linear(keys, weight_k, bias_k), heads)
         value = _split_heads(nn.functional.linear(values, weight_v, bias_v), heads)
-        allowed = None if masked is None else ~masked.view(query.shape[0], heads, *masked.shape[-2:])
+        if isinstance(masked, HeadSharedAttentionMask):  # one mask broadcast over the heads
+            allowed = ~masked.masked[:, None]
+        else:
+            allowed = None if masked is None else ~masked.view(query.shape[0], heads, *masked.shape[-2:])
         output = nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=allowed, dropout_p=attention.dropout if self.training else 0.0
         )
@@ -308,6 +366,8 @@ class FastMask2FormerMaskedAttentionDecoderLayer(Mask2FormerMaskedAttentionDecod
                 query_position_embeddings=None, encoder_hidden_states=None, encoder_attention_mask=None,
                 output_attentions=False):  # fmt: skip
         if output_attentions:
+            if isinstance(encoder_attention_mask, HeadSharedAttentionMask):
+                encoder_attention_mask = encoder_attention_mask.materialize()
             return super().forward(hidden_states, level_index, attention_mask, position_embeddings,
                                    query_position_embeddings, encoder_hidden_states, encoder_attention_mask, True)  # fmt: skip
         values = encoder_hidden_states[level_index]
@@ -396,9 +456,8 @@ class FastMask2FormerMaskPredictor(Mask2FormerMaskPredictor):
             logits = torch.einsum("bqc,bchw->bqhw", mask_embeddings.float(), resized)
             # Upstream's test (sigmoid < 0.5 is not `logit < 0` for tiny negative logits in float).
             masked = logits.sigmoid().flatten(2) < 0.5
-        attention_mask = masked[:, None].expand(-1, self.num_heads, -1, -1).flatten(0, 1)
         masks = MaskLogitsFromEmbeddings(mask_embeddings, pixel_embeddings)
-        return (masks if self.lazy_masks else masks.materialize()), attention_mask
+        return (masks if self.lazy_masks else masks.materialize()), HeadSharedAttentionMask(masked, self.num_heads)
 
 
 def _pair_wise_mask_costs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -418,7 +477,8 @@ def _pair_wise_mask_costs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[
 
 
 class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
-    """Upstream's Hungarian matcher, which can also match `MaskLogitsFromEmbeddings` without building them.
+    """Upstream's Hungarian matcher, which can also match `MaskLogitsFromEmbeddings` without building them, reads
+    targets of any dtype at its points only and computes the costs a chunk of queries at a time.
 
     The matcher compares masks at `num_points` random points shared by all queries of an image. Sampling (bilinear)
     and the query-feature product are both linear, so the mask features are sampled once at those points and
@@ -428,22 +488,30 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
 
     @torch.no_grad()
     def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels):
-        if not isinstance(masks_queries_logits, MaskLogitsFromEmbeddings):
-            return super().forward(masks_queries_logits, class_queries_logits, mask_labels, class_labels)
-        embeddings, features = masks_queries_logits.mask_embeddings, masks_queries_logits.pixel_embeddings
+        lazy = isinstance(masks_queries_logits, MaskLogitsFromEmbeddings)
+        if lazy:
+            embeddings, features = masks_queries_logits.mask_embeddings, masks_queries_logits.pixel_embeddings
         indices = []
         for image, (classes, targets) in enumerate(zip(class_labels, mask_labels)):
-            points = torch.rand(1, self.num_points, 2, device=features.device)
-            target_points = sample_point(targets.to(features)[:, None], points.expand(len(targets), -1, -1),
-                                         align_corners=False).squeeze(1)  # fmt: skip
-            feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
-            predicted_points = embeddings[image] @ feature_points
-            cross_entropy, dice = _pair_wise_mask_costs(predicted_points, target_points)
-            costs = (
-                self.cost_mask * cross_entropy
-                + self.cost_dice * dice
-                - self.cost_class * class_queries_logits[image].softmax(-1)[:, classes]
-            )
+            points = torch.rand(1, self.num_points, 2, device=class_queries_logits.device)
+            # Targets of any dtype are read at the points only (bool labels are never converted as a whole).
+            target_points = _sample_at_shared_points(targets, points[0]).to(class_queries_logits.dtype)
+            if lazy:
+                feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
+            class_costs = class_queries_logits[image].softmax(-1)[:, classes]
+            # A chunk of queries at a time: with thousands of queries their point logits alone are 100s of MB.
+            costs = []
+            for queries in torch.split(torch.arange(len(class_costs)), _rows_per_chunk(self.num_points * 4)):
+                if lazy:
+                    predicted_points = embeddings[image, queries] @ feature_points
+                else:
+                    predicted = masks_queries_logits[image, queries][:, None]
+                    predicted_points = sample_point(predicted, points.expand(len(queries), -1, -1),
+                                                    align_corners=False)[:, 0]  # fmt: skip
+                cross_entropy, dice = _pair_wise_mask_costs(predicted_points, target_points.to(predicted_points))
+                costs.append(self.cost_mask * cross_entropy + self.cost_dice * dice
+                             - self.cost_class * class_costs[queries])  # fmt: skip
+            costs = torch.cat(costs)
             # Non-finite costs are matched last, as upstream; float(): scipy takes no bfloat16.
             largest = torch.finfo(torch.float32).max
             costs = torch.nan_to_num(costs.float(), nan=largest, posinf=largest, neginf=largest)
@@ -452,8 +520,265 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
         return indices
 
 
+# Largest temporary tensor of the chunked point losses, in elements (32 MB of float32).
+_CHUNK_ELEMENTS = 2**23
+
+
+def _rows_per_chunk(*row_sizes: int) -> int:
+    """How many rows of `row_sizes` elements each fit in one chunk of `_CHUNK_ELEMENTS`."""
+    return max(1, _CHUNK_ELEMENTS // max(1, *row_sizes))
+
+
+def _most_uncertain(logits: torch.Tensor, candidates: torch.Tensor, uncertainty_function, count: int) -> torch.Tensor:
+    """The `count` most uncertain of `candidates` (`(masks, points, 2)`) for `(masks, 1, height, width)` logits,
+    in no particular order (the point losses are sums over points)."""
+    uncertainty = uncertainty_function(sample_point(logits, candidates, align_corners=False))[:, 0]
+    chosen = uncertainty.topk(count, dim=1, sorted=False).indices
+    return candidates.gather(1, chosen[..., None].expand(-1, -1, 2))
+
+
+class _TargetMasks(list):
+    """A batch's target masks (a list, as upstream's loss passes it on) with each mask's bounding box, computed once
+    per loss call and read by every decoder layer's matcher and point losses."""
+
+    def boxes(self, image: int) -> torch.Tensor:
+        """`(masks, 4)` `[top, bottom, left, right)` boxes of image `image`'s masks' nonzero pixels."""
+        cache = self.__dict__.setdefault("_boxes", {})
+        if image not in cache:
+            cache[image] = _nonzero_boxes(self[image])
+        return cache[image]
+
+
+def _nonzero_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """`(N, 4)` int64 `[top, bottom, left, right)` of the nonzero pixels of each `(N, H, W)` mask (all zero for an
+    empty mask), a chunk of masks at a time."""
+    height, width = masks.shape[-2:]
+    boxes = []
+    for chunk in masks.split(_rows_per_chunk(height * width)):
+        nonzero = chunk if chunk.dtype == torch.bool else chunk != 0
+        rows, columns = nonzero.any(2), nonzero.any(1)
+        top, left = rows.int().argmax(1), columns.int().argmax(1)
+        bottom, right = height - rows.flip(1).int().argmax(1), width - columns.flip(1).int().argmax(1)
+        box = torch.stack((top, bottom, left, right), 1)
+        boxes.append(box * rows.any(1, keepdim=True))
+    return torch.cat(boxes) if boxes else torch.zeros(0, 4, dtype=torch.int64, device=masks.device)
+
+
+def _sample_in_boxes(masks: torch.Tensor, boxes: torch.Tensor, rows: torch.Tensor, coordinates: torch.Tensor,
+                     padded_size: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+    """`sample_point(padded[rows][:, None].float(), coordinates, align_corners=False)[:, 0]`, where `padded` is
+    `masks` (`(N, h, w)`, any dtype) zero-padded at the bottom and right to `padded_size`, reading only each mask's
+    bounding box.
+
+    Outside its box a mask is zero, as grid_sample's zero padding reads it, so each mask's box is cut out (a cell is
+    a few hundred pixels of a million at 1024 px), the points are moved into the box and sampled there: no mask is
+    converted to float or padded as a whole.
+    """
+    boxes = boxes[rows.to(boxes.device)].tolist()
+    sampled, first = [], 0
+    while first < len(boxes):
+        # As many masks as fit one chunk at the size of the largest box among them.
+        last, height, width = first, 1, 1
+        while last < len(boxes):
+            top, bottom, left, right = boxes[last]
+            grown = max(height, bottom - top), max(width, right - left)
+            if last > first and (last - first + 1) * grown[0] * grown[1] > _CHUNK_ELEMENTS:
+                break
+            height, width, last = *grown, last + 1
+        crops = coordinates.new_zeros(last - first, 1, height, width)
+        for crop, row, (top, bottom, left, right) in zip(crops, rows[first:last].tolist(), boxes[first:last]):
+            crop[0, : bottom - top, : right - left] = masks[row, top:bottom, left:right]
+        origin = coordinates.new_tensor([[box[2], box[0]] for box in boxes[first:last]])[:, None]
+        sizes = coordinates.new_tensor([padded_size[1], padded_size[0]])
+        # Pixel coordinates as grid_sample computes them (align_corners=False), then in each box, normalised to it.
+        pixels = (2 * coordinates[first:last] - 1 + 1) * (sizes / 2) - 0.5 - origin
+        grid = (pixels + 0.5) * (2 / coordinates.new_tensor([width, height])) - 1
+        sampled.append(nn.functional.grid_sample(crops, grid[:, :, None], align_corners=False)[:, 0, :, 0])
+        first = last
+    return torch.cat(sampled) if sampled else coordinates.new_zeros(0, coordinates.shape[1])
+
+
+def _sample_matched_targets(mask_labels, matched_targets, coordinates: torch.Tensor,
+                            padded_size: tuple[int, int] | None = None, images=None) -> torch.Tensor:  # fmt: skip
+    """`(matches, points)` bilinear samples of each image's matched target masks at `coordinates`, as upstream's
+    `sample_point` of its zero-padded float targets gives them (up to float rounding).
+
+    Targets of any dtype (bool, uint8, float) are read in their bounding boxes only (`_sample_in_boxes`), so a
+    thousand full-resolution bool masks are never converted or padded. `images`: the indices in `mask_labels` of
+    the images that `matched_targets` lists (default: all, in order).
+    """
+    if padded_size is None:  # upstream pads every image's targets to the largest of the batch
+        padded_size = tuple(max(m.shape[d] for m in mask_labels) for d in (-2, -1))
+    images = range(len(mask_labels)) if images is None else images
+    labels, start = [], 0
+    for image, matched in zip(images, matched_targets):
+        targets = mask_labels[image]
+        boxes = mask_labels.boxes(image) if isinstance(mask_labels, _TargetMasks) else _nonzero_boxes(targets)
+        points = coordinates[start : start + len(matched)]
+        labels.append(_sample_in_boxes(targets, boxes, matched, points, padded_size))
+        start += len(matched)
+    return torch.cat(labels) if labels else coordinates.new_zeros(0, coordinates.shape[1])
+
+
+def _sample_at_shared_points(targets: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """`sample_point(targets[:, None].float(), points.expand(N, -1, -1), align_corners=False)[:, 0]` for `(N, H,
+    W)` targets of any dtype and `(points, 2)` coordinates shared by all: the four neighbouring pixels of each point
+    are found once and read from every target (no target is converted to float as a whole)."""
+    height, width = targets.shape[-2:]
+    pixels = (2 * points - 1 + 1) * (points.new_tensor([width, height]) / 2) - 0.5
+    lower = pixels.floor()
+    fraction = pixels - lower
+    lower = lower.long()
+    corners = []
+    for dy in (0, 1):
+        for dx in (0, 1):
+            column, line = lower[:, 0] + dx, lower[:, 1] + dy
+            inside = (column >= 0) & (column < width) & (line >= 0) & (line < height)
+            weight = (fraction[:, 0] if dx else 1 - fraction[:, 0]) * (fraction[:, 1] if dy else 1 - fraction[:, 1])
+            index = line.clamp(0, height - 1) * width + column.clamp(0, width - 1)
+            corners.append((index, weight * inside))
+    flat = targets.reshape(len(targets), height * width)
+    sampled = []
+    for chunk in flat.split(_rows_per_chunk(len(points) * 4)):
+        total = points.new_zeros(len(chunk), len(points))
+        for index, weight in corners:
+            total += chunk[:, index].to(total.dtype) * weight
+        sampled.append(total)
+    return torch.cat(sampled) if sampled else points.new_zeros(0, len(points))
+
+
+def _rng_state(device: torch.device):
+    """The state of the default generator that `torch.rand(..., device=device)` draws from."""
+    if device.type == "cpu":
+        return torch.get_rng_state()
+    module = torch.get_device_module(device)
+    try:
+        return module.get_rng_state(device)
+    except TypeError:  # backends with one device and no `device` argument (mps)
+        return module.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    """Set the state of the default generator of `device` (see `_rng_state`)."""
+    if device.type == "cpu":
+        torch.set_rng_state(state)
+        return
+    module = torch.get_device_module(device)
+    try:
+        module.set_rng_state(state, device)
+    except TypeError:
+        module.set_rng_state(state)
+
+
+class _MatchedPointSampler:
+    """Upstream's importance-sampled points of the matched queries' masks `embeddings @ features`, a chunk of masks
+    at a time, with upstream's random draws in upstream's order, as often as needed.
+
+    Upstream draws every mask's candidate points first (one `torch.rand`), then every mask's random points. The
+    generator is run past the candidates once (drawn chunk by chunk, as `chunks` draws them) to find the state at
+    which the random points start; `chunks` then replays the draws from the saved states, so the backward pass gets
+    the forward pass's points without storing them.
+    """
+
+    def __init__(self, embeddings: torch.Tensor, features: torch.Tensor, loss, matched_targets):
+        self.device = embeddings.device
+        self.counts = [len(matched) for matched in matched_targets]
+        self.offsets = [sum(self.counts[:image]) for image in range(len(self.counts))]
+        self.num_points = loss.num_points
+        self.uncertain = int(loss.importance_sample_ratio * loss.num_points)
+        self.candidates = int(loss.num_points * loss.oversample_ratio)
+        self.uncertainty = loss.calculate_uncertainty
+        step = _rows_per_chunk(features.shape[-2] * features.shape[-1], self.candidates * 2)
+        self.spans = [(image, first, min(first + step, count)) for image, count in enumerate(self.counts)
+                      for first in range(0, count, step)]  # fmt: skip
+        self.start_state = _rng_state(self.device)
+        for _, first, last in self.spans:
+            torch.rand(last - first, self.candidates, 2, device=self.device)
+        self.random_state = _rng_state(self.device)
+        torch.rand(sum(self.counts), self.num_points - self.uncertain, 2, device=self.device)
+        self.end_state = _rng_state(self.device)
+
+    def chunks(self, embeddings: torch.Tensor, features: torch.Tensor, final_state):
+        """Per chunk: `(image, rows of embeddings, rows of that image's matches, coordinates, logits)`, with
+        `(masks, points)` coordinates and float32 logits; the generator is left at `final_state`."""
+        _set_rng_state(self.device, self.random_state)
+        random_points = torch.rand(sum(self.counts), self.num_points - self.uncertain, 2, device=self.device)
+        _set_rng_state(self.device, self.start_state)
+        try:
+            for image, first, last in self.spans:
+                rows = slice(self.offsets[image] + first, self.offsets[image] + last)
+                with torch.no_grad():
+                    masks = embeddings[rows] @ features[image].flatten(1)
+                    # Sampled in float32, as grid_sample runs under autocast.
+                    masks = masks.view(last - first, 1, *features.shape[-2:]).to(random_points.dtype)
+                    candidates = torch.rand(last - first, self.candidates, 2, device=self.device)
+                    points = _most_uncertain(masks, candidates, self.uncertainty, self.uncertain)
+                    points = torch.cat([points, random_points[rows]], 1)
+                    logits = sample_point(masks, points, align_corners=False)[:, 0]
+                del masks, candidates
+                yield image, rows, slice(first, last), points, logits
+        finally:
+            _set_rng_state(self.device, final_state)
+
+
+class _PointMaskLosses(torch.autograd.Function):
+    """Upstream's point losses (`loss_mask`, `loss_dice`) of the matched queries' masks `embeddings @ features`,
+    computed a chunk of masks at a time, forward and backward, keeping nothing per mask or point in between.
+
+    Upstream selects the matched queries' full masks (`(matches, height, width)` logits, kept for the backward pass
+    of every decoder layer), samples their most uncertain points and takes the losses at those points. Here each
+    chunk's masks are built, sampled and dropped (`_MatchedPointSampler`). The backward pass replays the chunks (the
+    same points from the same random draws), takes each chunk's losses' gradient at its points (each mask's losses
+    depend on its own points only) and turns it back into gradients of the embeddings and features: the bilinear
+    sampling's gradient scattered onto a zero mask, then two matrix products. The memory of the losses therefore
+    does not grow with the number of instances or decoder layers; the price is one more mask product per chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, embeddings: torch.Tensor, features: torch.Tensor, plan):
+        loss, mask_labels, matched_targets, num_masks = plan
+        sampler = _MatchedPointSampler(embeddings, features, loss, matched_targets)
+        padded_size = tuple(max(m.shape[d] for m in mask_labels) for d in (-2, -1))
+        loss_mask = loss_dice = embeddings.new_zeros((), dtype=torch.float32)
+        for image, _, matches, points, logits in sampler.chunks(embeddings, features, sampler.end_state):
+            labels = _sample_matched_targets(mask_labels, [matched_targets[image][matches]], points, padded_size,
+                                             images=[image])  # fmt: skip
+            loss_mask = loss_mask + sigmoid_cross_entropy_loss(logits, labels, num_masks)
+            loss_dice = loss_dice + dice_loss(logits, labels, num_masks)
+        ctx.save_for_backward(embeddings, features)
+        ctx.plan, ctx.sampler, ctx.padded_size = plan, sampler, padded_size
+        return loss_mask, loss_dice
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mask: torch.Tensor, grad_dice: torch.Tensor):
+        embeddings, features = ctx.saved_tensors
+        _, mask_labels, matched_targets, num_masks = ctx.plan
+        grad_embeddings = torch.zeros_like(embeddings) if ctx.needs_input_grad[0] else None
+        grad_features = torch.zeros_like(features) if ctx.needs_input_grad[1] else None
+        now = _rng_state(ctx.sampler.device)
+        for image, rows, matches, points, logits in ctx.sampler.chunks(embeddings, features, now):
+            labels = _sample_matched_targets(mask_labels, [matched_targets[image][matches]], points,
+                                             ctx.padded_size, images=[image])  # fmt: skip
+            with torch.enable_grad():
+                logits = logits.requires_grad_()
+                total = grad_mask * sigmoid_cross_entropy_loss(logits, labels, num_masks)
+                total = total + grad_dice * dice_loss(logits, labels, num_masks)
+                (grad_logits,) = torch.autograd.grad(total, logits)
+                zero_masks = points.new_zeros(len(points), 1, *features.shape[-2:], requires_grad=True)
+                sampled = sample_point(zero_masks, points, align_corners=False)
+                (grad_masks,) = torch.autograd.grad(sampled, zero_masks, grad_logits[:, None])
+            grad_masks = grad_masks.flatten(1).to(features.dtype)
+            if grad_embeddings is not None:
+                grad_embeddings[rows] = grad_masks @ features[image].flatten(1).T
+            if grad_features is not None:
+                grad_features[image] += (embeddings[rows].T @ grad_masks).view_as(features[image])
+        return grad_embeddings, grad_features, None
+
+
 class FastMask2FormerLoss(Mask2FormerLoss):
-    """Upstream's Mask2Former loss with the number of target masks averaged correctly across processes.
+    """Upstream's Mask2Former loss with the number of target masks averaged correctly across processes, in memory
+    that does not grow with the instances.
 
     Upstream's `get_num_masks` all-reduces with accelerate's `reduce`, whose default reduction is already the mean, and
     then divides by the world size again: with N processes the masks are counted N times too few and the mask and
@@ -461,9 +786,11 @@ class FastMask2FormerLoss(Mask2FormerLoss):
     DETR / Mask2Former do), so that DDP's gradient averaging gives the gradient of the loss over the global batch.
     (A correctness fix rather than a speed-up; its own upstream PR.)
 
-    Dense scenes (hundreds of targets per image): the point losses sample every target mask where it is, instead of
-    padding all of them to a common size and copying the matched ones for each of the ten predictions, and the
-    uncertain points are selected without sorting them (the losses are sums over points, so their order is moot).
+    Dense scenes (thousands of targets per image): from `MaskLogitsFromEmbeddings` the point losses are computed a
+    chunk of matched masks at a time and replayed in the backward pass (`_PointMaskLosses`), so no matched query's
+    full mask is kept for any decoder layer; targets of any dtype (bool, uint8, float) are read in their bounding
+    boxes at the sampled points, never converted or padded as a whole; uncertain points are selected without sorting
+    them (the losses are sums over points, so their order is moot). Same random draws, same values as upstream.
     """
 
     def sample_points_using_uncertainty(self, logits, uncertainty_function, num_points, oversample_ratio,
@@ -471,44 +798,46 @@ class FastMask2FormerLoss(Mask2FormerLoss):
         """Upstream's importance sampling (same random draws, same points) with the points in no particular order."""
         masks, candidates = logits.shape[0], int(num_points * oversample_ratio)
         coordinates = torch.rand(masks, candidates, 2, device=logits.device)
-        uncertainty = uncertainty_function(sample_point(logits, coordinates, align_corners=False))[:, 0]
         uncertain = int(importance_sample_ratio * num_points)
-        chosen = uncertainty.topk(uncertain, dim=1, sorted=False).indices
-        coordinates = coordinates.gather(1, chosen[..., None].expand(-1, -1, 2))
-        if num_points > uncertain:
-            coordinates = torch.cat([coordinates, torch.rand(masks, num_points - uncertain, 2, device=logits.device)], 1)
+        coordinates = _most_uncertain(logits, coordinates, uncertainty_function, uncertain)
+        if num_points > coordinates.shape[1]:
+            extra = torch.rand(masks, num_points - coordinates.shape[1], 2, device=logits.device)
+            coordinates = torch.cat([coordinates, extra], 1)
         return coordinates
 
     def loss_masks(self, masks_queries_logits, mask_labels, indices, num_masks) -> dict[str, torch.Tensor]:
-        """Upstream's sigmoid cross-entropy and dice point losses of the matched masks, sampling each image's targets
-        in place (padded only where images of one batch differ in size)."""
+        """Upstream's sigmoid cross-entropy and dice point losses of the matched masks.
+
+        From `MaskLogitsFromEmbeddings` (training without auxiliary outputs) no matched mask is ever built whole for
+        the backward pass: see `_PointMaskLosses`. From full logits, each image's targets are sampled in place, a
+        few at a time (bool and uint8 labels are never converted to float as a whole)."""
         images = torch.cat([torch.full_like(source, b) for b, (source, _) in enumerate(indices)])
-        predictions = masks_queries_logits[images, torch.cat([source for source, _ in indices])][:, None]
+        sources = torch.cat([source for source, _ in indices])
+        targets = [matched for _, matched in indices]
+        if isinstance(masks_queries_logits, MaskLogitsFromEmbeddings):
+            embeddings = masks_queries_logits.mask_embeddings[images, sources]
+            loss_mask, loss_dice = _PointMaskLosses.apply(
+                embeddings, masks_queries_logits.pixel_embeddings, (self, mask_labels, targets, num_masks)
+            )
+            return {"loss_mask": loss_mask, "loss_dice": loss_dice}
+        predictions = masks_queries_logits[images, sources][:, None]
         with torch.no_grad():
             coordinates = self.sample_points_using_uncertainty(
                 predictions, self.calculate_uncertainty, self.num_points, self.oversample_ratio,
                 self.importance_sample_ratio,
             )  # fmt: skip
-            height, width = (max(m.shape[d] for m in mask_labels) for d in (-2, -1))
-            labels, start = [], 0
-            for targets, (_, matched) in zip(mask_labels, indices):
-                points = coordinates[start : start + len(matched)]
-                start += len(matched)
-                if targets.shape[-2:] != (height, width):  # upstream pads to the largest image of the batch
-                    targets = nn.functional.pad(targets, (0, width - targets.shape[-1], 0, height - targets.shape[-2]))
-                if len(matched) == len(targets):
-                    # Every target is matched: sample them in their own order (no copy) and put the points back.
-                    order = matched.argsort()
-                    sampled = sample_point(targets[:, None].to(points), points[order], align_corners=False)
-                    labels.append(sampled[order.argsort()])
-                else:
-                    labels.append(sample_point(targets[matched][:, None].to(points), points, align_corners=False))
-            labels = torch.cat(labels).squeeze(1)
+            labels = _sample_matched_targets(mask_labels, targets, coordinates)
         logits = sample_point(predictions, coordinates, align_corners=False).squeeze(1)
         return {
             "loss_mask": sigmoid_cross_entropy_loss(logits, labels, num_masks),
             "loss_dice": dice_loss(logits, labels, num_masks),
         }
+
+    def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels,
+                auxiliary_predictions=None) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Upstream's loss, with each target mask's bounding box found once for all decoder layers."""
+        return super().forward(masks_queries_logits, class_queries_logits, _TargetMasks(mask_labels), class_labels,
+                               auxiliary_predictions)  # fmt: skip
 
     def get_num_masks(self, class_labels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
         num_masks = torch.as_tensor(sum(len(classes) for classes in class_labels), dtype=torch.float, device=device)
@@ -594,6 +923,7 @@ __all__ = [
     "FastMask2FormerMaskedAttentionDecoderLayer",
     "FastMask2FormerMultiscaleDeformableAttention",
     "FastMask2FormerSinePositionEmbedding",
+    "HeadSharedAttentionMask",
     "MaskLogitsFromEmbeddings",
     "multi_scale_deformable_attention_gather",
     "use_fast_units",

@@ -12,6 +12,11 @@ from transformers.models.mask2former.image_processing_pil_mask2former import (
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
 from .intensity import to_uint8
+from .post_processing import (
+    post_process_instance_segmentation,
+    post_process_panoptic_segmentation,
+    post_process_semantic_segmentation,
+)
 from .presets import IMAGENET_MEAN, IMAGENET_STD, get_preset
 
 
@@ -32,7 +37,8 @@ class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
 
     Defaults: ImageNet mean/std (DINOv3's LVD-1689M backbones), padding to a multiple of 32 (`size_divisor`, which
     Mask2FormerDINOv3 requires). `post_process_instance_segmentation`, `post_process_semantic_segmentation` and
-    `post_process_panoptic_segmentation` are upstream's and work on Mask2FormerDINOv3 outputs.
+    `post_process_panoptic_segmentation` give upstream's results with one resize from the model's mask size to the
+    target size (no 384x384 intermediate, transformers #44901) and in bounded memory (`post_processing`).
 
     Images that are not 8-bit (16-bit, 32-bit integer, float; PIL, numpy or torch) are first mapped to 8 bits as
     `intensity_normalization` says (default "percentile": each image's 1st / 99.8th percentiles to 0 / 255, as
@@ -59,13 +65,20 @@ class Mask2FormerDINOv3ImageProcessor(Mask2FormerImageProcessorPil):
         return to_uint8(images, method or self.intensity_normalization)
 
     def post_process_instance_segmentation(self, outputs, threshold: float = 0.5, **kwargs) -> list[dict]:
-        """Upstream's, warning when an image gets no instance only because of `threshold`."""
-        results = super().post_process_instance_segmentation(outputs, threshold=threshold, **kwargs)
+        """Upstream's, resized once from the model's mask size to the target size and in query chunks (see
+        `mask2former_dinov3.post_processing`; binary maps are bool), warning when an image gets no instance only
+        because of `threshold`."""
+        results = post_process_instance_segmentation(outputs, threshold=threshold, **kwargs)
         return self._warn_if_thresholded_away(outputs, results, threshold)
 
+    def post_process_semantic_segmentation(self, outputs, target_sizes=None, return_segmentation_scores=False):
+        """Upstream's, resized once from the model's mask size to the target size, in query chunks."""
+        return post_process_semantic_segmentation(outputs, target_sizes, return_segmentation_scores)
+
     def post_process_panoptic_segmentation(self, outputs, threshold: float = 0.5, **kwargs) -> list[dict]:
-        """Upstream's, warning when an image gets no segment only because of `threshold`."""
-        results = super().post_process_panoptic_segmentation(outputs, threshold=threshold, **kwargs)
+        """Upstream's, resized once from the model's mask size to the target size, warning when an image gets no
+        segment only because of `threshold`."""
+        results = post_process_panoptic_segmentation(outputs, threshold=threshold, **kwargs)
         return self._warn_if_thresholded_away(outputs, results, threshold)
 
     def _warn_if_thresholded_away(self, outputs, results: list[dict], threshold: float) -> list[dict]:

@@ -10,7 +10,12 @@ Writes into `--output_dir`:
   empty prediction said so);
 * `--task semantic`: `semantic/<name>.png`, the label-id map (8-bit, or 16-bit above 255 labels);
 * `--task panoptic`: `panoptic/<name>.png`, segment ids in COCO panoptic's RGB encoding
-  (`id = R + 256 G + 256^2 B`), and `panoptic.json`, COCO panoptic results (`{"annotations": [...]}`).
+  (`id = R + 256 G + 256^2 B`), and `panoptic.json`, COCO panoptic results (`{"annotations": [...]}`);
+* `--label_images` (instance task): `label_images/<name>_masks.tif`, one integer label image per input as microscopy
+  tools read them (0 background, instance k = k-th highest score; uint16, uint32 above 65,535 instances; where masks
+  overlap the higher score wins), for CellProfiler, napari or StarDist's metrics.
+
+`predictions.json` keeps every instance that reaches `--threshold` (no cap on the count per image).
 
 Category ids: the model's label ids mapped through the model folder's `label_map.json` when it has one (key
 `dataset_ids`, dataset id -> label id, as `LabelMap` keeps it, or `category_ids`, label id -> dataset id), else the
@@ -52,8 +57,11 @@ __all__ = [
     "collect_inputs",
     "encode_mask",
     "forward_images",
+    "label_image",
+    "label_image_dtype",
     "load_category_ids",
     "main",
+    "write_label_image",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -130,6 +138,29 @@ class _Item:
     name: str
 
 
+def label_image_dtype(count: int) -> type:
+    """The label images' integer type for `count` instances: uint16, or uint32 above 65,535 (as microscopy tools
+    store them)."""
+    return np.uint16 if count <= np.iinfo(np.uint16).max else np.uint32
+
+
+def label_image(size: tuple[int, int], instances: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
+    """An integer label image of `(mask, score)` instances: 0 background, k for the k-th highest score (painted
+    from the lowest score up, so where masks overlap the higher score wins); uint16, uint32 above 65,535."""
+    labels = np.zeros(size, dtype=label_image_dtype(len(instances)))
+    order = sorted(range(len(instances)), key=lambda k: -float(instances[k][1]))
+    for rank in reversed(range(len(order))):
+        labels[np.asarray(instances[order[rank]][0], dtype=bool)] = rank + 1
+    return labels
+
+
+def write_label_image(path: Path, size: tuple[int, int], instances: Sequence[tuple[np.ndarray, float]]) -> None:
+    """Write `label_image(size, instances)` as a TIFF (zlib-compressed) with tifffile."""
+    import tifffile
+
+    tifffile.imwrite(path, label_image(size, instances), compression="zlib")
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = _Parser(
         prog="mask2former-dinov3-predict",
@@ -154,6 +185,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="overlap of neighbouring tiles, in pixels (default: tiling.json's, else a quarter of the shorter tile side)",
     )  # fmt: skip
     parser.add_argument("--no_overlays", action="store_true", help="do not write overlay PNGs")
+    parser.add_argument(
+        "--label_images", action="store_true",
+        help="also write label_images/NAME_masks.tif per input: 0 background, 1..N instances by descending score "
+        "(uint16, or uint32 above 65,535); instance task only",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold must be in [0, 1], got {args.threshold}")
@@ -161,6 +197,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.tile is not None:
         _check_tiling(args)
+    if args.label_images and args.task != "instance":
+        raise UsageError(f"--label_images writes instance label images; it needs --task instance, not {args.task}")
     if args.annotations and not Path(args.annotations).is_file():
         raise UsageError(f"--annotations {args.annotations}: no such file")
     return args
@@ -277,7 +315,7 @@ class _Writer:
         self.predictions, self.images, self.panoptic = [], [], []
         for sub in (["overlays"] if not args.no_overlays else []) + (
             [args.task] if args.task in ("semantic", "panoptic") else []
-        ):
+        ) + (["label_images"] if args.label_images else []):
             (self.out / sub).mkdir(parents=True, exist_ok=True)
 
     def category(self, label: int) -> int:
@@ -307,6 +345,9 @@ class _Writer:
                     "score": round(float(score), 6),
                 }
             )
+        if self.args.label_images:
+            write_label_image(self.out / "label_images" / f"{item.name}_masks.tif", (image.height, image.width),
+                              [(mask, score) for mask, _, score in instances])  # fmt: skip
         if not self.args.no_overlays:
             threshold = max(self.args.threshold, 1e-9)
             above = [instance for instance in instances if instance[2] >= threshold]

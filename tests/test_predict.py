@@ -204,3 +204,46 @@ def test_predictions_json_gives_the_training_scripts_mask_ap(tmp_path):
                 "--threshold", "0", "--batch_size", "4", "--no_overlays")  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert_predictions_score_as_reported(annotations, str(tmp_path / "pred" / "predictions.json"), reported)
+
+
+def test_label_images_and_more_than_100_detections(tmp_path):
+    """`--label_images` writes one uint16 label image per input, and `predictions.json` keeps every detection
+    above the threshold: a model with 150 queries at threshold 0 gives more than COCO's 100 per image."""
+    import tifffile
+
+    torch.manual_seed(1)
+    config = tiny_config("vit", num_queries=150)
+    Mask2FormerDINOv3ForUniversalSegmentation(config).save_pretrained(tmp_path / "model")
+    Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64}).save_pretrained(tmp_path / "model")
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main([str(tmp_path / "model"), str(tmp_path / "a.png"), "--output_dir", str(tmp_path / "out"),
+                 "--threshold", "0", "--no_overlays", "--label_images"]) == 0  # fmt: skip
+    predictions = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert len(predictions) > 100
+    labels = tifffile.imread(tmp_path / "out" / "label_images" / "a_masks.tif")
+    assert labels.dtype == np.uint16 and labels.shape == (60, 80)
+    # Label k is the k-th highest score; each visible label's pixels lie inside that prediction's mask.
+    ranked = sorted(predictions, key=lambda p: -p["score"])
+    from pycocotools import mask as mask_utils
+
+    visible = [int(v) for v in np.unique(labels) if v]
+    assert visible and max(visible) <= len(ranked)
+    for value in visible[:20]:
+        assert mask_utils.decode(ranked[value - 1]["segmentation"])[labels == value].all()
+
+
+def test_label_image_higher_score_wins_and_dtype():
+    from mask2former_dinov3.predict import label_image, label_image_dtype
+
+    low, high = np.zeros((4, 6), bool), np.zeros((4, 6), bool)
+    low[:, :4], high[:, 2:] = True, True
+    labels = label_image((4, 6), [(low, 0.3), (high, 0.9)])
+    assert labels.dtype == np.uint16
+    assert (labels[:, 2:] == 1).all() and (labels[:, :2] == 2).all()  # the overlap goes to the higher score
+    assert label_image_dtype(65535) is np.uint16 and label_image_dtype(65536) is np.uint32
+
+
+def test_label_images_need_the_instance_task(setup, tmp_path, capsys):
+    code = main([str(setup / "model"), str(setup / "images" / "img0.png"), "--output_dir", str(tmp_path),
+                 "--task", "semantic", "--label_images"])  # fmt: skip
+    assert code == 2 and "--label_images" in capsys.readouterr().err

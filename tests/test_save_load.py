@@ -44,7 +44,8 @@ def test_saved_folder_is_safetensors_with_code_and_auto_map(saved):
     assert config["auto_map"]["AutoConfig"].endswith("Mask2FormerDinov3Config")
     # Exactly the code the model needs to build and run: no CLI, no checkpoint conversion or loading code.
     model_code = {"modeling_mask2former_dinov3.py", "configuration_mask2former_dinov3.py", "presets.py",
-                  "image_processing_mask2former_dinov3.py", "intensity.py", "fast_mask2former.py", "private_api.py"}  # fmt: skip
+                  "image_processing_mask2former_dinov3.py", "intensity.py", "post_processing.py", "fast_mask2former.py",
+                  "private_api.py"}  # fmt: skip
     assert {p.name for p in directory.glob("*.py")} == model_code
     for path in directory.glob("*.py"):
         code = path.read_text()

@@ -31,6 +31,7 @@ from mask2former_dinov3.fast_mask2former import (
     FastMask2FormerMaskPredictor,
     FastMask2FormerMultiscaleDeformableAttention,
     FastMask2FormerSinePositionEmbedding,
+    HeadSharedAttentionMask,
     MaskLogitsFromEmbeddings,
     multi_scale_deformable_attention_gather,
     use_fast_units,
@@ -232,11 +233,16 @@ def _transformer_pair(seed=0, **overrides):
 
 
 def _capture_attention_masks(module):
+    """The attention masks the decoder layers receive, as full `(batch * heads, queries, keys)` tensors (ours come
+    as `HeadSharedAttentionMask`)."""
     captured = []
+
+    def capture(_module, _args, kwargs):
+        mask = kwargs["encoder_attention_mask"]
+        captured.append(mask.materialize() if isinstance(mask, HeadSharedAttentionMask) else mask.clone())
+
     for layer in module.decoder.layers:
-        layer.register_forward_pre_hook(
-            lambda _m, _args, kwargs: captured.append(kwargs["encoder_attention_mask"].clone()), with_kwargs=True
-        )
+        layer.register_forward_pre_hook(capture, with_kwargs=True)
     return captured
 
 

@@ -25,9 +25,10 @@ from mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor  # noqa: E402
 
 
 SIZE_DIVISOR = 32
-# Mask2Former's `post_process_semantic_segmentation` always resizes mask logits to 384 x 384 when no target size is
-# given (upstream behaviour, kept by our subclass).
-UNRESIZED_SEMANTIC_SIZE = 384
+# Without a target size, our `post_process_semantic_segmentation` keeps the model's mask size (upstream resizes to
+# 384 x 384 whatever it is, transformers #44901; see mask2former_dinov3.post_processing).
+MASK_SIZE = 16
+UNRESIZED_SEMANTIC_SIZE = MASK_SIZE
 
 
 class Mask2FormerDINOv3ImageProcessingTester(ImageProcessingTester):
@@ -71,7 +72,7 @@ class Mask2FormerDINOv3ImageProcessingTester(ImageProcessingTester):
         """Raw Mask2Former-style outputs (class and mask logits per query) and the expected map size."""
         outputs = Mask2FormerForUniversalSegmentationOutput(
             class_queries_logits=torch.randn(self.batch_size, self.num_queries, self.num_labels + 1),
-            masks_queries_logits=torch.randn(self.batch_size, self.num_queries, 16, 16),
+            masks_queries_logits=torch.randn(self.batch_size, self.num_queries, MASK_SIZE, MASK_SIZE),
         )
         expected = {"num_labels": self.num_labels, "height": UNRESIZED_SEMANTIC_SIZE, "width": UNRESIZED_SEMANTIC_SIZE}
         return {"outputs": outputs}, expected
