@@ -16,7 +16,7 @@ The functions here give upstream's results with one resize, from the model's mas
   model's mask size, so that it resizes them once (its memory grows with the kept queries, not all queries).
 
 Where the model's mask size is 384x384 and equals the target size, no resize is involved and the results are
-upstream's (tested); `upstream/mask2former_fixes/post_processing_resize_once.patch` is the same fix for upstream.
+upstream's (tested); `upstream/mask2former_fixes/0004-post-processing-resize-once.patch` is the same fix for upstream.
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def test_instance_post_processing_never_holds_every_query_at_full_size(processor
     assert grown < 600
 
 
-PATCH = Path(__file__).resolve().parents[1] / "upstream" / "mask2former_fixes" / "post_processing_resize_once.patch"
+PATCH = Path(__file__).resolve().parents[1] / "upstream" / "mask2former_fixes" / "0004-post-processing-resize-once.patch"
 PATCHED_FILES = ("image_processing_mask2former.py", "image_processing_pil_mask2former.py")
 
 
