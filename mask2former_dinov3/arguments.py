@@ -95,7 +95,15 @@ class DataArguments:
         },
     )
     data_dir: str | None = field(
-        default=None, metadata={"help": "COCO folders in Roboflow's layout: train/, valid/ (test/) with _annotations.coco.json."}
+        default=None,
+        metadata={
+            "help": "train/, valid/ (test/): COCO in Roboflow's layout (_annotations.coco.json), or label images in "
+            "StarDist's (images/NAME.tif, masks/NAME.tif) or Cellpose's layout (NAME.tif or NAME_img.tif, "
+            "NAME_masks.tif)."
+        },
+    )
+    label_image_class: str = field(
+        default="cell", metadata={"help": "Label-image folders: the name of their one class (0 is background)."}
     )
     train_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the training split."})
     train_image_dir: str | None = field(default=None, metadata={"help": "Its images (default: the JSON's folder)."})

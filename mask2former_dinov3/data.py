@@ -7,6 +7,8 @@ Three kinds of source give the same `Sample` (an RGB image, possibly overlapping
 * `HFSegmentationSource`: a Hugging Face dataset in the format of transformers' instance-segmentation example
   (`image`, `annotation` PNG with the semantic id in channel 0 and the instance id in channel 1,
   `semantic_class_to_id`).
+* `LabelImageSource`: integer label images in StarDist's (`images/NAME.tif`, `masks/NAME.tif`) or Cellpose's
+  (`NAME.tif` or `NAME_img.tif`, `NAME_masks.tif`) layout, one class; each non-zero value is one instance.
 * `SyntheticSegmentationSource`: the deterministic synthetic set of `mask2former_dinov3.synthetic` (offline default).
 
 `SegmentationDataset` turns a source's samples into Mask2Former's inputs for one task (`instance`, `semantic` or
@@ -444,6 +446,113 @@ class CocoSegmentationSource:
             image_id=info["id"],
             file_name=info["path"],
         )
+
+
+LABEL_IMAGE_EXTENSIONS = (".tif", ".tiff", ".png")
+
+
+def _label_image_files(folder: str) -> dict[str, str]:
+    # File stem -> path, for the image and label-image files of a folder.
+    return {
+        os.path.splitext(name)[0]: os.path.join(folder, name)
+        for name in sorted(os.listdir(folder))
+        if os.path.splitext(name)[1].lower() in LABEL_IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, name))
+    }
+
+
+def find_label_image_pairs(split_dir: str) -> list[tuple[str, str]] | None:
+    """`(image, label image)` paths of a split folder, sorted by name; None if there is no such folder.
+
+    StarDist's layout: `images/NAME.tif` with `masks/NAME.tif`. Cellpose's: `NAME.tif` (or `NAME_img.tif`) beside
+    `NAME_masks.tif`. TIFF or PNG. An image without a label image, a label image without an image, or a folder with
+    neither is a `DataError` naming the file or folder.
+    """
+    if not os.path.isdir(split_dir):
+        return None
+    images_dir, masks_dir = os.path.join(split_dir, "images"), os.path.join(split_dir, "masks")
+    if os.path.isdir(images_dir) and os.path.isdir(masks_dir):
+        images, masks = _label_image_files(images_dir), _label_image_files(masks_dir)
+        layout = "StarDist layout: images/NAME with masks/NAME"
+    else:
+        images, masks = {}, {}
+        for stem, path in _label_image_files(split_dir).items():
+            if stem.endswith("_masks"):
+                masks[stem[: -len("_masks")]] = path
+            else:
+                images[stem.removesuffix("_img")] = path
+        layout = f"Cellpose layout: NAME.tif or NAME_img.tif beside NAME_masks.tif; a COCO folder needs {ROBOFLOW_JSON}"
+    for found, missing, what in (
+        (images, masks, "image without a label image"),
+        (masks, images, "label image without an image"),
+    ):
+        lonely = sorted(found.keys() - missing.keys())
+        if lonely:
+            raise DataError(f"{found[lonely[0]]}: {what} ({layout}); {len(lonely)} such file(s) in {split_dir}.")
+    if not images:
+        raise DataError(
+            f"{split_dir}: empty split, no image / label image pairs (StarDist layout: images/NAME.tif with "
+            f"masks/NAME.tif; Cellpose layout: NAME.tif or NAME_img.tif beside NAME_masks.tif; TIFF or PNG)."
+        )
+    return [(images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def read_label_image(path: str) -> np.ndarray:
+    """A 2-D integer label image (0 = background, each other value one instance): TIFF via tifffile, PNG via PIL;
+    `DataError` naming the file if it cannot be read or is not a 2-D integer image."""
+    try:
+        if path.lower().endswith((".tif", ".tiff")):
+            import tifffile
+
+            array = tifffile.imread(path)
+        else:
+            with Image.open(path) as image:
+                array = np.array(image)
+    except Exception as error:  # tifffile and PIL raise many types for unreadable files
+        raise DataError(f"{path}: cannot read the label image: {error}") from error
+    array = np.squeeze(array)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(
+            f"{path}: a {array.dtype} label image of shape {array.shape}; expected a 2-D (H, W) integer image, "
+            f"0 for background and one value per instance (e.g. a uint16 TIFF), not RGB or float."
+        )
+    return array
+
+
+class LabelImageSource:
+    """Samples of integer label images (StarDist / Cellpose folders, `find_label_image_pairs`): one class, named
+    `class_name`; 0 is background and every other value one instance, so touching instances stay apart. Images are
+    read by `load_image`, as COCO folders' images; a frame without instances is kept as a negative example."""
+
+    def __init__(self, pairs: Sequence[tuple[str, str]], class_name: str = "cell"):
+        self.pairs = list(pairs)
+        self.label_map = LabelMap({0: class_name}, thing_ids=frozenset({0}))
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_path, mask_path = self.pairs[index]
+        image = load_image(image_path)
+        label_image = read_label_image(mask_path)
+        if label_image.shape != image.shape[:2]:
+            raise DataError(
+                f"{mask_path}: label image of {label_image.shape[1]}x{label_image.shape[0]} pixels but its image "
+                f"{image_path} is {image.shape[1]}x{image.shape[0]}; they must be the same size."
+            )
+        ids, inverse = np.unique(label_image.reshape(-1), return_inverse=True)
+        # One uint8 row per value, written in one pass (no (N, H, W) boolean temporary); row 0 is the background.
+        masks = np.zeros((len(ids), label_image.size), np.uint8)
+        masks[inverse.reshape(-1), np.arange(label_image.size)] = 1
+        masks = masks[1:] if ids[0] == 0 else masks
+        n = len(masks)
+        if not n:
+            logger.info("%s: no instance; kept as a negative example.", mask_path)
+        return Sample(
+            image=image,
+            masks=masks.reshape(n, *label_image.shape),
+            labels=np.zeros(n), iscrowd=np.zeros(n, bool), is_instance=np.ones(n, bool),
+            image_id=index, file_name=image_path,
+        )  # fmt: skip
 
 
 def segments_from_annotation_png(
@@ -1055,6 +1164,11 @@ def count_instances(source, task: str = "instance", max_rows: int = 2000) -> Ins
             (png_count(np.asarray(annotations[row]["annotation"])), f"{source.name} row {row}") for row in rows
         )
         return InstanceCount(largest, where, len(rows), exact=len(rows) == len(all_rows))
+    if isinstance(source, LabelImageSource):
+        pairs = source.pairs if indices is None else [source.pairs[i] for i in indices]
+        read = pairs[:max_rows]
+        largest, where = _densest((int(np.count_nonzero(np.unique(read_label_image(m)))), m) for _, m in read)
+        return InstanceCount(largest, where, len(read), exact=len(read) == len(pairs))
     return None
 
 
@@ -1072,12 +1186,23 @@ def find_roboflow_split(data_dir: str, split: str) -> tuple[str, str] | None:
     return None
 
 
+def find_label_image_split(data_dir: str, split: str) -> list[tuple[str, str]] | None:
+    """`(image, label image)` pairs of a split folder (`train/`, `valid/`, `test/`) of label images
+    (`find_label_image_pairs`), or None if there is no such folder."""
+    for folder in ROBOFLOW_SPLITS[split]:
+        pairs = find_label_image_pairs(os.path.join(data_dir, folder))
+        if pairs is not None:
+            return pairs
+    return None
+
+
 __all__ = [
     "CocoSegmentationSource",
     "DataError",
     "HFSegmentationSource",
     "IGNORE_INDEX",
     "InstanceCount",
+    "LabelImageSource",
     "LabelMap",
     "Sample",
     "SegmentationCollator",
@@ -1089,12 +1214,15 @@ __all__ = [
     "count_instances",
     "crop_sample",
     "evaluation_ground_truth",
+    "find_label_image_pairs",
+    "find_label_image_split",
     "find_roboflow_split",
     "image_for_model",
     "label_map_from_coco",
     "label_map_from_semantic_class_to_id",
     "load_hf_dataset",
     "load_image",
+    "read_label_image",
     "panoptic_segments",
     "pixel_values_of",
     "processor_size",

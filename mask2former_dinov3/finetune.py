@@ -3,9 +3,10 @@
 `main(argv)` reads top to bottom like transformers' `examples/pytorch/instance-segmentation/
 run_instance_segmentation.py`: arguments (`mask2former_dinov3.arguments`), logging, output folder, data, model,
 `Trainer`, train, evaluate, outputs (label map, tiling, overlays), model card, push. The helpers above it load the
-data (COCO / Roboflow folders, a Hugging Face dataset in transformers' example format, or the offline default's
-synthetic shapes) and build the model (`--model_name_or_path`, `--backbone_name_or_path`, `--preset` or the offline
-default's small model, with enough queries for the densest training image).
+data (COCO / Roboflow folders, StarDist / Cellpose label-image folders, a Hugging Face dataset in transformers'
+example format, or the offline default's synthetic shapes) and build the model (`--model_name_or_path`,
+`--backbone_name_or_path`, `--preset` or the offline default's small model, with enough queries for the densest
+training image).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ from .data import (
     DataError,
     HFSegmentationSource,
     InstanceCount,
+    LabelImageSource,
     LabelMap,
     SegmentationCollator,
     SegmentationDataset,
     SyntheticSegmentationSource,
     build_augmentation,
     count_instances,
+    find_label_image_split,
     find_roboflow_split,
     label_map_from_semantic_class_to_id,
     load_hf_dataset,
@@ -164,10 +167,7 @@ def _load_coco(data_args: DataTrainingArguments, training_args) -> DataBundle:
         if annotation_file is not None:
             splits[split] = (annotation_file, image_dir)
     if data_args.data_dir and not splits:
-        raise DataError(
-            f"{data_args.data_dir}: no COCO split found; expected Roboflow's layout train/_annotations.coco.json, "
-            f"valid/_annotations.coco.json (optional test/)."
-        )
+        return _load_label_images(data_args, training_args)
     if "validation" not in splits and "test" in splits and training_args.do_eval:
         logger.warning("No validation split: evaluating on the test split %s.", splits["test"][0])
         splits["validation"] = splits.pop("test")
@@ -184,6 +184,30 @@ def _load_coco(data_args: DataTrainingArguments, training_args) -> DataBundle:
     where = f"`{os.path.basename(os.path.normpath(root))}`, " if root else ""
     description = where + ", ".join(f"{split}: `{name}`" for split, name in shown.items())
     return DataBundle(label_map=label_map, description=f"COCO-format data ({description})", **sources)
+
+
+def _load_label_images(data_args: DataTrainingArguments, training_args) -> DataBundle:
+    root = data_args.data_dir
+    splits = {s: find_label_image_split(root, s) for s in ("train", "validation", "test")}
+    splits = {split: pairs for split, pairs in splits.items() if pairs is not None}
+    if not splits:
+        raise DataError(
+            f"{root}: no split found; expected Roboflow's COCO layout (train/_annotations.coco.json, "
+            f"valid/_annotations.coco.json, optional test/) or label images in train/, valid/ (optional test/): "
+            f"StarDist's images/NAME.tif with masks/NAME.tif, or Cellpose's NAME.tif (NAME_img.tif) with "
+            f"NAME_masks.tif."
+        )
+    if "validation" not in splits and "test" in splits and training_args.do_eval:
+        logger.warning("No validation split: evaluating on the test split of %s.", root)
+        splits["validation"] = splits.pop("test")
+    sources = {split: LabelImageSource(pairs, data_args.label_image_class) for split, pairs in splits.items()}
+    counts = ", ".join(f"{split}: {len(pairs)} images" for split, pairs in splits.items())
+    return DataBundle(
+        label_map=next(iter(sources.values())).label_map,
+        description=f"label images (`{os.path.basename(os.path.normpath(root))}`, {counts}; class "
+        f"`{data_args.label_image_class}`)",
+        **sources,
+    )
 
 
 def _load_hf(data_args: DataTrainingArguments, model_args: ModelArguments, training_args) -> DataBundle:
