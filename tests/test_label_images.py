@@ -140,6 +140,14 @@ def test_cli_names_the_file_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and "a.tif: label image without an image" in err[0]
 
 
+def test_a_folder_of_neither_kind_names_both_layouts(tmp_path, capsys):
+    (tmp_path / "data" / "other").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        cli(main, ["--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"), "--do_train"])
+    err = capsys.readouterr().err
+    assert "no split found" in err and "_annotations.coco.json" in err and "NAME_masks.tif" in err
+
+
 def test_stardist_folder_trains_and_evaluates(tmp_path):
     data = _stardist(tmp_path / "data", names=("a", "b", "c"), splits=("train", "valid", "test"))
     model_dir = str(tmp_path / "model")
