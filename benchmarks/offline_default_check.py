@@ -29,7 +29,7 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation  # noqa: E402
 
 import mask2former_dinov3  # noqa: E402, F401  (registers the Auto classes)
-from mask2former_dinov3.data import SyntheticSegmentationSource  # noqa: E402
+from mask2former_dinov3.synthetic import SyntheticSegmentationSource  # noqa: E402
 from mask2former_dinov3.arguments import DataTrainingArguments  # noqa: E402
 
 

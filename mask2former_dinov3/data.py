@@ -9,7 +9,7 @@ Three kinds of source give the same `Sample` (an RGB image, possibly overlapping
   `semantic_class_to_id`).
 * `LabelImageSource`: integer label images in StarDist's (`images/NAME.tif`, `masks/NAME.tif`) or Cellpose's
   (`NAME.tif` or `NAME_img.tif`, `NAME_masks.tif`) layout, one class; each non-zero value is one instance.
-* `SyntheticSegmentationSource`: the deterministic synthetic set of `mask2former_dinov3.synthetic` (offline default).
+* `synthetic.SyntheticSegmentationSource`: the deterministic synthetic set (the offline default).
 
 `SegmentationDataset` turns a source's samples into Mask2Former's inputs for one task (`instance`, `semantic` or
 `panoptic`) with the model's image processor, the object saved beside the model: its resize (masks follow with
@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from transformers import TrainerCallback
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, check_input_size
 from .intensity import is_8_bit
@@ -265,7 +266,10 @@ class Sample:
     Attributes:
         image: `(H, W, 3)` uint8 RGB, or an image that is not 8-bit as read (`(H, W)` uint16 / int32 / float32),
             which the image processor maps to 8 bits (`image_for_model`).
-        masks: `(N, H, W)` uint8 binary masks (or a list of `(H, W)` masks); instances may overlap.
+        masks: `(N, H, W)` uint8 binary masks (or a list of `(H, W)` masks), which may overlap; or, for segments that
+            cannot overlap (label images, COCO / HF annotations without overlaps), an `(H, W)` integer id map in
+            which value `i + 1` marks segment `i` and 0 no segment. An id map is resized, cropped and augmented as
+            one image, however many segments it holds; `binary_masks` expands it.
         labels: `(N,)` contiguous label ids.
         iscrowd: `(N,)` bool, COCO crowd regions (not trained on as instances; ignored by the metrics).
         is_instance: `(N,)` bool, whether the segment is one object (thing) rather than a stuff region.
@@ -282,13 +286,59 @@ class Sample:
     file_name: str = ""
 
     def __post_init__(self):
-        # A list of (H, W) masks, possibly empty, or an (N, H, W) array.
-        masks = np.asarray(self.masks, dtype=np.uint8)
-        self.masks = masks if masks.ndim == 3 else masks.reshape(0, *self.image.shape[:2])
-        n = len(self.masks)
+        masks = np.asarray(self.masks)
+        if masks.ndim == 2:
+            self.masks = masks.astype(np.int32, copy=False)
+        else:  # a list of (H, W) masks, possibly empty, or an (N, H, W) array
+            masks = masks.astype(np.uint8, copy=False)
+            self.masks = masks if masks.ndim == 3 else masks.reshape(0, *self.image.shape[:2])
+        n = np.size(self.labels) if self.is_id_map else len(self.masks)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
         self.iscrowd = np.asarray(self.iscrowd, dtype=bool).reshape(n)
         self.is_instance = np.asarray(self.is_instance, dtype=bool).reshape(n)
+
+    @property
+    def is_id_map(self) -> bool:
+        """Whether `masks` is an `(H, W)` id map (segments that cannot overlap) rather than `(N, H, W)` masks."""
+        return self.masks.ndim == 2
+
+    def areas(self) -> np.ndarray:
+        """`(N,)` pixel count of each segment."""
+        if self.is_id_map:
+            return np.bincount(self.masks.ravel(), minlength=len(self.labels) + 1)[1 : len(self.labels) + 1]
+        return self.masks.sum(axis=(1, 2), dtype=np.int64)
+
+    def binary_masks(self, keep: np.ndarray | None = None) -> np.ndarray:
+        """`(N, H, W)` bool masks of the segments, or of those `keep` selects (a bool array or indices)."""
+        keep = np.arange(len(self.labels)) if keep is None else np.asarray(keep)
+        keep = np.flatnonzero(keep) if keep.dtype == bool else keep.astype(np.int64)
+        return expand_id_map(self.masks, keep + 1) if self.is_id_map else self.masks[keep].astype(bool)
+
+    def select(self, keep: np.ndarray, masks: np.ndarray) -> Sample:
+        """This sample with the segments `keep` selects and their `masks` (an id map or `(len(keep), H, W)`)."""
+        return replace(self, masks=masks, labels=self.labels[keep], iscrowd=self.iscrowd[keep],
+                       is_instance=self.is_instance[keep])  # fmt: skip
+
+
+def expand_id_map(id_map: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """`(len(ids), H, W)` bool masks `id_map == id` for each id, written in one pass over the pixels."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    masks = np.zeros((len(ids), id_map.size), bool)
+    if len(ids):
+        row = np.full(max(int(ids.max()), int(id_map.max())) + 1, -1, np.int64)
+        row[ids] = np.arange(len(ids))
+        rows = row[id_map.ravel()]
+        pixels = np.flatnonzero(rows >= 0)
+        masks[rows[pixels], pixels] = True
+    return masks.reshape(len(ids), *id_map.shape)
+
+
+def id_map_of(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """`(H, W)` id map of non-overlapping `(H, W)` masks (mask `i` becomes value `i + 1`), painted one at a time."""
+    id_map = np.zeros(shape, np.int32)
+    for index, mask in enumerate(masks):
+        id_map[np.asarray(mask, bool)] = index + 1
+    return id_map
 
 
 def _read_coco_json(path: str) -> dict:
@@ -358,7 +408,9 @@ class CocoSegmentationSource:
             )
         sizes = {img["id"]: (img["height"], img["width"]) for img in self.images}
         self.annotations: dict[int, list[dict]] = {img["id"]: [] for img in self.images}
-        skipped = 0
+        # Why annotations were skipped (reason -> count): `require_instances` names it when nothing is left.
+        self.skipped: Counter[str] = Counter()
+        notes: list[str] = []
         for ann in coco["annotations"]:
             ann_id = ann.get("id", "?")
             where = f"{annotation_file}: annotation {ann_id}"
@@ -368,37 +420,36 @@ class CocoSegmentationSource:
             if "category_id" not in ann:
                 raise DataError(f"{where} has no category_id.")
             label = label_map.to_label(ann["category_id"], where)
-            segmentation = self._check_segmentation(ann.get("segmentation"), sizes[image_id], where)
-            if segmentation is None:
-                skipped += 1
-                continue
-            self.annotations[image_id].append(
-                {
-                    "id": ann_id,
-                    "label": label,
-                    "segmentation": segmentation,
-                    "iscrowd": bool(ann.get("iscrowd", 0)),
-                }
-            )
-        if skipped:
-            logger.warning("%s: skipped %d annotation(s) without a usable segmentation (see above).", annotation_file, skipped)
+            segmentation = self._check_segmentation(ann.get("segmentation"), sizes[image_id], where, notes)
+            if segmentation is not None:
+                self.annotations[image_id].append(
+                    {"id": ann_id, "label": label, "segmentation": segmentation, "iscrowd": bool(ann.get("iscrowd", 0))}
+                )
+        skipped, total = sum(self.skipped.values()), len(coco["annotations"])
+        if skipped * 2 > total:  # one line, not thousands (e.g. a box-only detection export)
+            reasons = "; ".join(f"{count} {reason}" for reason, count in self.skipped.items())
+            logger.warning("%s: skipped %d of %d annotations: %s.", annotation_file, skipped, total, reasons)
+        else:
+            for note in notes:
+                logger.warning(note)
+            if skipped:
+                logger.warning("%s: skipped %d annotation(s) without a usable segmentation (see above).", annotation_file, skipped)
 
-    @staticmethod
-    def _check_segmentation(segmentation: Any, size: tuple[int, int], where: str):
-        """The segmentation in a form pycocotools decodes, or None (with a warning) if it has no usable outline."""
+    def _check_segmentation(self, segmentation: Any, size: tuple[int, int], where: str, notes: list[str]):
+        """The segmentation in a form pycocotools decodes, or None (counted in `skipped`, with a note) if it has no
+        usable outline."""
         if isinstance(segmentation, list):
             polygons = []
             for polygon in segmentation:
-                if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2:
+                if isinstance(polygon, list) and len(polygon) >= 6 and not len(polygon) % 2:
+                    polygons.append([float(v) for v in polygon])
+                else:
                     points = len(polygon) // 2 if isinstance(polygon, list) else 0
-                    logger.warning("%s: dropped a polygon with %d point(s) (a polygon needs at least 3).", where, points)
-                    continue
-                polygons.append([float(v) for v in polygon])
-            if not polygons:
-                logger.warning("%s: skipped, no polygon with at least 3 points.", where)
-                return None
-            return polygons
-        if isinstance(segmentation, dict):
+                    notes.append(f"{where}: dropped a polygon with {points} point(s) (a polygon needs at least 3).")
+            if polygons:
+                return polygons
+            reason, note = "without a polygon of at least 3 points", "skipped, no polygon with at least 3 points"
+        elif isinstance(segmentation, dict):
             if "counts" not in segmentation or "size" not in segmentation:
                 raise DataError(f"{where}: RLE segmentation needs 'counts' and 'size', got keys {sorted(segmentation)}.")
             if [int(s) for s in segmentation["size"]] != list(size):
@@ -406,25 +457,30 @@ class CocoSegmentationSource:
                     f"{where}: RLE size {segmentation['size']} differs from the image's height/width {list(size)}."
                 )
             return segmentation
-        logger.warning("%s: skipped, no segmentation (boxes alone cannot train masks).", where)
+        else:
+            reason = "without a segmentation (boxes alone cannot train masks: export with masks or polygons)"
+            note = "skipped, no segmentation (boxes alone cannot train masks)"
+        self.skipped[reason] += 1
+        notes.append(f"{where}: {note}.")
         return None
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def decode_mask(self, segmentation, height: int, width: int) -> np.ndarray:
-        """`(H, W)` uint8 mask of a COCO polygon list or RLE (compressed or uncompressed), via pycocotools."""
+    @staticmethod
+    def to_rle(segmentation, height: int, width: int) -> dict:
+        """Compressed RLE of a COCO polygon list or RLE (compressed or uncompressed), via pycocotools."""
         from pycocotools import mask as mask_utils
 
         if isinstance(segmentation, list):
-            rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-        elif isinstance(segmentation["counts"], list):
-            rle = mask_utils.frPyObjects(segmentation, height, width)
-        else:  # compressed RLE, its counts as str or bytes
-            rle = segmentation
-        return mask_utils.decode(rle).astype(np.uint8)
+            return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        if isinstance(segmentation["counts"], list):
+            return mask_utils.frPyObjects(segmentation, height, width)
+        return segmentation  # compressed RLE, its counts as str or bytes
 
     def __getitem__(self, index: int) -> Sample:
+        from pycocotools import mask as mask_utils
+
         info = self.images[index]
         image = load_image(info["path"], self.annotation_file)
         height, width = image.shape[:2]
@@ -435,17 +491,20 @@ class CocoSegmentationSource:
                 f"copy?)."
             )
         anns = self.annotations[info["id"]]
-        masks = [self.decode_mask(a["segmentation"], height, width) for a in anns]
-        keep = [i for i, m in enumerate(masks) if m.any()]
+        rles = [self.to_rle(a["segmentation"], height, width) for a in anns]
+        areas = mask_utils.area(rles) if rles else np.zeros(0)
+        anns, rles = [a for a, s in zip(anns, areas) if s], [r for r, s in zip(rles, areas) if s]
+        # Masks that do not overlap (their union's area is the sum of theirs) become one id map, not N masks.
+        if rles and mask_utils.area(mask_utils.merge(rles)) == areas.sum():
+            masks = id_map_of((mask_utils.decode(r) for r in rles), (height, width))
+        else:
+            masks = [mask_utils.decode(r) for r in rles]
+        labels = [a["label"] for a in anns]
         return Sample(
-            image=image,
-            masks=[masks[i] for i in keep],
-            labels=[anns[i]["label"] for i in keep],
-            iscrowd=[anns[i]["iscrowd"] for i in keep],
-            is_instance=[anns[i]["label"] in self.label_map.thing_ids for i in keep],
-            image_id=info["id"],
+            image=image, masks=masks, labels=labels, iscrowd=[a["iscrowd"] for a in anns],
+            is_instance=[label in self.label_map.thing_ids for label in labels], image_id=info["id"],
             file_name=info["path"],
-        )
+        )  # fmt: skip
 
 
 LABEL_IMAGE_EXTENSIONS = (".tif", ".tiff", ".png")
@@ -525,6 +584,7 @@ class LabelImageSource:
 
     def __init__(self, pairs: Sequence[tuple[str, str]], class_name: str = "cell"):
         self.pairs = list(pairs)
+        self.name = os.path.commonpath(self.pairs[0]) if self.pairs else ""  # the split folder, for messages
         self.label_map = LabelMap({0: class_name}, thing_ids=frozenset({0}))
 
     def __len__(self) -> int:
@@ -539,20 +599,14 @@ class LabelImageSource:
                 f"{mask_path}: label image of {label_image.shape[1]}x{label_image.shape[0]} pixels but its image "
                 f"{image_path} is {image.shape[1]}x{image.shape[0]}; they must be the same size."
             )
-        ids, inverse = np.unique(label_image.reshape(-1), return_inverse=True)
-        # One uint8 row per value, written in one pass (no (N, H, W) boolean temporary); row 0 is the background.
-        masks = np.zeros((len(ids), label_image.size), np.uint8)
-        masks[inverse.reshape(-1), np.arange(label_image.size)] = 1
-        masks = masks[1:] if ids[0] == 0 else masks
-        n = len(masks)
+        # Values renumbered 1..N in order (0 stays background): the label image is already an id map.
+        ids, inverse = np.unique(label_image, return_inverse=True)
+        id_map = inverse.reshape(label_image.shape).astype(np.int32) + int(ids[0] != 0)
+        n = len(ids) - int(ids[0] == 0)
         if not n:
             logger.info("%s: no instance; kept as a negative example.", mask_path)
-        return Sample(
-            image=image,
-            masks=masks.reshape(n, *label_image.shape),
-            labels=np.zeros(n), iscrowd=np.zeros(n, bool), is_instance=np.ones(n, bool),
-            image_id=index, file_name=image_path,
-        )  # fmt: skip
+        return Sample(image=image, masks=id_map, labels=np.zeros(n), iscrowd=np.zeros(n, bool),
+                      is_instance=np.ones(n, bool), image_id=index, file_name=image_path)  # fmt: skip
 
 
 def segments_from_annotation_png(
@@ -562,31 +616,21 @@ def segments_from_annotation_png(
 
     Every non-zero instance id is one instance (its class is the most common semantic id under it); pixels with
     instance id 0 form one stuff region per semantic id. With `do_reduce_labels`, semantic id 0 is ignored.
-    Returns `(masks, labels, is_instance)`.
+    Returns `(id_map, labels, is_instance)`: the segments cannot overlap, so they come as one id map (see `Sample`).
     """
-    if annotation.ndim == 2:
-        semantic, instance = annotation, np.zeros_like(annotation)
-    else:
-        semantic, instance = annotation[..., 0], annotation[..., 1]
-    masks, labels, is_instance = [], [], []
+    semantic = annotation if annotation.ndim == 2 else annotation[..., 0]
+    instance = np.zeros_like(semantic) if annotation.ndim == 2 else annotation[..., 1]
+    regions, labels, is_instance = [], [], []
     for instance_id in np.unique(instance):
         region = instance == instance_id
-        if instance_id == 0:
-            for semantic_id in np.unique(semantic[region]):
-                if do_reduce_labels and semantic_id == 0:
-                    continue
-                masks.append((region & (semantic == semantic_id)).astype(np.uint8))
-                labels.append(label_map.to_label(int(semantic_id), where))
-                is_instance.append(False)
-            continue
         values, counts = np.unique(semantic[region], return_counts=True)
-        semantic_id = int(values[np.argmax(counts)])
-        if do_reduce_labels and semantic_id == 0:
-            continue
-        masks.append(region.astype(np.uint8))
-        labels.append(label_map.to_label(semantic_id, where))
-        is_instance.append(True)
-    return np.asarray(masks, np.uint8).reshape(-1, *semantic.shape), labels, is_instance
+        # Instance id 0: one stuff region per semantic id; another id: one instance of its most common class.
+        for semantic_id in values if instance_id == 0 else [values[np.argmax(counts)]]:
+            if not (do_reduce_labels and semantic_id == 0):
+                regions.append(region & (semantic == semantic_id) if instance_id == 0 else region)
+                labels.append(label_map.to_label(int(semantic_id), where))
+                is_instance.append(bool(instance_id))
+    return id_map_of(regions, semantic.shape), labels, is_instance
 
 
 class HFSegmentationSource:
@@ -616,15 +660,7 @@ class HFSegmentationSource:
         if annotation.shape[:2] != image.shape[:2]:
             raise DataError(f"{where}: annotation is {annotation.shape[:2]} but the image is {image.shape[:2]}.")
         masks, labels, is_instance = segments_from_annotation_png(annotation, self.label_map, self.do_reduce_labels, where)
-        return Sample(
-            image=image,
-            masks=masks,
-            labels=labels,
-            iscrowd=[False] * len(labels),
-            is_instance=is_instance,
-            image_id=index,
-            file_name=where,
-        )
+        return Sample(image, masks, labels, [False] * len(labels), is_instance, image_id=index, file_name=where)
 
 
 def thing_semantic_ids(dataset) -> list[int]:
@@ -666,95 +702,25 @@ def semantic_class_to_id_of(dataset, name: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in mapping.items() if v is not None}
 
 
-class SyntheticSegmentationSource:
-    """Samples of `mask2former_dinov3.synthetic` (deterministic shapes on a sky/ground background), generated on
-    first use and cached: the offline default dataset.
-
-    Args:
-        split: "train", "valid" or "test" (independent streams of images).
-        num_samples: number of images.
-        seed: generator seed.
-        image_size: side of the square images.
-        with_stuff: include the stuff regions ("sky", "ground") as segments (semantic / panoptic tasks); without,
-            the label map holds the four thing classes only (instance task).
-        **config_kwargs: other `synthetic.SyntheticConfig` fields (e.g. `size_probabilities`).
-    """
-
-    def __init__(
-        self, split: str, num_samples: int, seed: int = 0, image_size: int = 128, with_stuff: bool = False,
-        **config_kwargs,
-    ):  # fmt: skip
-        from . import synthetic
-
-        self.split = split
-        self.num_samples = num_samples
-        self.seed = seed
-        self.config = synthetic.SyntheticConfig(image_size=image_size, **config_kwargs)
-        self.with_stuff = with_stuff
-        self.label_map = synthetic_label_map(with_stuff)
-        self._cache: dict[int, Sample] = {}
-
-    @property
-    def area_ranges(self) -> dict[str, tuple[float, float]]:
-        """The generator's small / medium / large areas in pixels (see `synthetic.size_bucket_area_ranges`)."""
-        from .synthetic import size_bucket_area_ranges
-
-        return size_bucket_area_ranges(*self.config.size)
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __getitem__(self, index: int) -> Sample:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(index)
-        if index not in self._cache:
-            from .synthetic import generate_sample
-
-            self._cache[index] = synthetic_to_sample(
-                generate_sample(index, seed=self.seed, split=self.split, config=self.config), self.with_stuff
-            )
-        return self._cache[index]
-
-
-def synthetic_label_map(with_stuff: bool) -> LabelMap:
-    """Label map of the synthetic data: the thing classes, plus the stuff classes when `with_stuff`."""
-    from .synthetic import CLASSES, THING_CLASSES
-
-    names = CLASSES if with_stuff else THING_CLASSES
-    return LabelMap(id2label=dict(enumerate(names)), thing_ids=frozenset(range(len(THING_CLASSES))))
-
-
-def synthetic_to_sample(item, with_stuff: bool) -> Sample:
-    """A `Sample` from a `synthetic.SyntheticSample`: its visible instance masks, plus the stuff regions if asked."""
-    image = to_rgb_array(item.image)
-    masks = [np.asarray(m, np.uint8) for m in item.masks]
-    labels = [int(label) for label in item.labels]
-    is_instance = [True] * len(labels)
-    if with_stuff:
-        for info in item.segments_info:
-            if not info["isthing"]:
-                masks.append((item.panoptic_map == info["id"]).astype(np.uint8))
-                labels.append(int(info["category_id"]))
-                is_instance.append(False)
-    return Sample(
-        image=image,
-        masks=masks,
-        labels=labels,
-        iscrowd=[False] * len(labels),
-        is_instance=is_instance,
-        image_id=int(item.index),
-        file_name=f"synthetic-{item.split}-{item.index:05d}",
-    )
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Ground truth per task
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def paint_order(masks: np.ndarray) -> np.ndarray:
-    """Indices of `masks` by decreasing area: painted in this order, small objects stay visible on top of large."""
-    return np.argsort(-masks.sum(axis=(1, 2), dtype=np.int64), kind="stable")
+def paint_order(sample: Sample) -> np.ndarray:
+    """Segment indices by decreasing area: painted in this order, small objects stay visible on top of large."""
+    return np.argsort(-sample.areas(), kind="stable")
+
+
+def painted_segments(sample: Sample) -> np.ndarray:
+    """`(H, W)` int32 map of `1 + index` of the segment on top at each pixel (0: none), larger segments painted
+    first (`paint_order`); an id map as it is (its segments cannot overlap)."""
+    if sample.is_id_map:
+        return sample.masks
+    painted = np.zeros(sample.image.shape[:2], np.int32)
+    for index in paint_order(sample):
+        painted[sample.masks[index].astype(bool)] = index + 1
+    return painted
 
 
 def panoptic_segments(sample: Sample) -> tuple[np.ndarray, list[dict]]:
@@ -764,11 +730,10 @@ def panoptic_segments(sample: Sample) -> tuple[np.ndarray, list[dict]]:
     same class merge into one segment. `segment_map` is int32 with 0 for unlabelled pixels; `segments_info` items are
     `{"id", "label_id", "iscrowd", "isthing"}`.
     """
-    height, width = sample.image.shape[:2]
-    segment_map = np.zeros((height, width), np.int32)
     infos: list[dict] = []
     stuff_segment: dict[int, int] = {}
-    for index in paint_order(sample.masks):
+    segment_of = np.zeros(len(sample.labels) + 1, np.int32)  # 1 + segment index -> segment id
+    for index in paint_order(sample):
         label = int(sample.labels[index])
         if sample.is_instance[index] or sample.iscrowd[index]:
             segment_id = len(infos) + 1
@@ -781,40 +746,36 @@ def panoptic_segments(sample: Sample) -> tuple[np.ndarray, list[dict]]:
         else:
             segment_id = stuff_segment[label] = len(infos) + 1
             infos.append({"id": segment_id, "label_id": label, "iscrowd": False, "isthing": False})
-        segment_map[sample.masks[index].astype(bool)] = segment_id
+        segment_of[index + 1] = segment_id
+    segment_map = segment_of[painted_segments(sample)]
     present = set(np.unique(segment_map).tolist())
-    kept = [info for info in infos if info["id"] in present]
-    return segment_map, kept
+    return segment_map, [info for info in infos if info["id"] in present]
 
 
 def semantic_map(sample: Sample) -> np.ndarray:
-    """`(H, W)` uint8/int map of label ids, `IGNORE_INDEX` where no segment lies (larger segments painted first)."""
-    height, width = sample.image.shape[:2]
-    result = np.full((height, width), IGNORE_INDEX, np.int64)
-    for index in paint_order(sample.masks):
-        result[sample.masks[index].astype(bool)] = int(sample.labels[index])
-    return result
+    """`(H, W)` int64 map of label ids, `IGNORE_INDEX` where no segment lies (larger segments painted first)."""
+    return np.append(IGNORE_INDEX, sample.labels).astype(np.int64)[painted_segments(sample)]
 
 
 def training_targets(sample: Sample, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mask2Former's `(mask_labels, class_labels)` for one (augmented) sample.
+    """Mask2Former's `(mask_labels, class_labels)` for one (augmented) sample: `(N, H, W)` bool masks (what the
+    loss reads at its sampled points) and `(N,)` int64 label ids.
 
     instance: one mask per non-crowd instance (overlaps kept). semantic: one mask per class present. panoptic: one
     mask per non-crowd instance plus one per stuff class, without overlaps.
     """
     if task == "instance":
-        keep = sample.is_instance & ~sample.iscrowd & sample.masks.any(axis=(1, 2))
-        return sample.masks[keep].astype(np.float32), sample.labels[keep]
+        keep = sample.is_instance & ~sample.iscrowd & (sample.areas() > 0)
+        return sample.binary_masks(keep), sample.labels[keep]
     if task == "semantic":
         semantic = semantic_map(sample)
         classes = np.setdiff1d(np.unique(semantic), [IGNORE_INDEX])
-        return (semantic == classes[:, None, None]).astype(np.float32), classes.astype(np.int64)
+        return expand_id_map(semantic, classes), classes.astype(np.int64)
     if task == "panoptic":
         segment_map, infos = panoptic_segments(sample)
         infos = [info for info in infos if not info["iscrowd"]]
-        ids = np.array([info["id"] for info in infos], np.int64)
-        masks = (segment_map == ids[:, None, None]).astype(np.float32)
-        return masks, np.array([info["label_id"] for info in infos], np.int64)
+        labels = np.array([info["label_id"] for info in infos], np.int64)
+        return expand_id_map(segment_map, [info["id"] for info in infos]), labels
     raise ValueError(f"task must be one of {TASKS}, got {task!r}")
 
 
@@ -830,7 +791,7 @@ def evaluation_ground_truth(sample: Sample, task: str) -> Any:
     if task == "instance":
         keep = np.flatnonzero(sample.is_instance | sample.iscrowd)
         return {
-            "masks": sample.masks[keep],
+            "masks": sample.binary_masks(keep),
             "labels": sample.labels[keep],
             "iscrowd": sample.iscrowd[keep],
             "size": tuple(sample.image.shape[:2]),
@@ -881,8 +842,16 @@ def resize_sample(sample: Sample, image_processor) -> Sample:
         np.ascontiguousarray(rgb.transpose(2, 0, 1)), resample=image_processor.resample, **kwargs
     )
     image = np.ascontiguousarray(image.transpose(1, 2, 0))
-    masks = [image_processor.resize(m[None], resample=PILImageResampling.NEAREST, **kwargs)[0] for m in sample.masks]
-    return replace(sample, image=image, masks=masks)
+    if not sample.is_id_map:
+        masks = [image_processor.resize(m[None], resample=PILImageResampling.NEAREST, **kwargs)[0] for m in sample.masks]
+        return replace(sample, image=image, masks=masks)
+    # An id map in one resize: its three low bytes as an 8-bit image (the processor's resize takes 8-bit images;
+    # nearest neighbour moves whole pixels, so the bytes stay together).
+    if len(sample.labels) >= 1 << 24:
+        raise DataError(f"{sample.file_name}: {len(sample.labels)} segments in one image; at most 16,777,215.")
+    planes = np.stack([(sample.masks >> shift).astype(np.uint8) for shift in (0, 8, 16)])
+    planes = image_processor.resize(planes, resample=PILImageResampling.NEAREST, **kwargs).astype(np.int32)
+    return replace(sample, image=image, masks=planes[0] | planes[1] << 8 | planes[2] << 16)
 
 
 def random_crop_window(image_size: tuple[int, int], crop_size: tuple[int, int], rng: np.random.Generator) -> Window:
@@ -900,12 +869,14 @@ def crop_sample(sample: Sample, window: Window) -> Sample:
     """`sample` cut to `window` at its own resolution (no resizing): segments keep their visible part, and segments
     with no pixel left in the window are dropped (a crop may hold none)."""
     rows, cols = slice(window.top, window.bottom), slice(window.left, window.right)
-    masks = sample.masks[:, rows, cols]
-    keep = masks.any(axis=(1, 2))
-    return replace(
-        sample, image=np.ascontiguousarray(sample.image[rows, cols]), masks=np.ascontiguousarray(masks[keep]),
-        labels=sample.labels[keep], iscrowd=sample.iscrowd[keep], is_instance=sample.is_instance[keep],
-    )  # fmt: skip
+    sample = replace(sample, image=np.ascontiguousarray(sample.image[rows, cols]),
+                     masks=np.ascontiguousarray(sample.masks[..., rows, cols]))  # fmt: skip
+    keep = np.flatnonzero(sample.areas())
+    if not sample.is_id_map:
+        return sample.select(keep, sample.masks[keep])
+    renumber = np.zeros(len(sample.labels) + 1, np.int32)
+    renumber[keep + 1] = np.arange(1, len(keep) + 1)
+    return sample.select(keep, renumber[sample.masks])
 
 
 def pixel_values_of(image: np.ndarray, image_processor) -> torch.Tensor:
@@ -954,17 +925,14 @@ def build_augmentation(
 
 
 def apply_transform(transform, sample: Sample) -> Sample:
-    """`sample` with `transform` (albumentations) applied to its image and masks; masks emptied by a crop go away."""
-    masks = sample.masks
+    """`sample` with `transform` (albumentations) applied to its image and masks (an id map as one `mask`)."""
+    if sample.is_id_map:
+        out = transform(image=sample.image, mask=sample.masks)
+        return replace(sample, image=out["image"], masks=out["mask"])
     # albumentations cannot stack an empty mask list: carry one dummy mask through and drop it.
-    dummy = len(masks) == 0
-    if dummy:
-        masks = np.zeros((1,) + sample.image.shape[:2], np.uint8)
+    masks = sample.masks if len(sample.masks) else np.zeros((1,) + sample.image.shape[:2], np.uint8)
     out = transform(image=sample.image, masks=masks)
-    new_masks = np.asarray(out["masks"], dtype=np.uint8)
-    if dummy:
-        new_masks = new_masks[:0]
-    return replace(sample, image=out["image"], masks=new_masks)
+    return replace(sample, image=out["image"], masks=np.asarray(out["masks"], np.uint8)[: len(sample.masks)])
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -979,33 +947,29 @@ class SegmentationDataset(torch.utils.data.Dataset):
     (`random_crop_window`, `crop_sample`; smaller images whole, padded by the collator), then augmented and
     normalised as above; an evaluation item is the whole image at its own resolution.
 
-    Items: `pixel_values` (`(3, H, W)`), `mask_labels` (`(N, H, W)` float), `class_labels` (`(N,)` long) and, with
+    Items: `pixel_values` (`(3, H, W)`), `mask_labels` (`(N, H, W)` bool), `class_labels` (`(N,)` long) and, with
     `for_evaluation`, `dataset_index` (the item's index), by which the metrics look up `ground_truth(index)`.
 
+    Random draws (crop window, augmentation) come from a generator of `(seed, epoch, index)` alone, so an item is
+    the same whichever worker builds it and however the run was interrupted and resumed; `set_epoch` (called by
+    `EpochCallback` in a `Trainer` run) gives each epoch new draws.
+
     Args:
-        source: a `CocoSegmentationSource`, `HFSegmentationSource`, `SyntheticSegmentationSource` or any sequence of
-            `Sample`.
+        source: a `CocoSegmentationSource`, `HFSegmentationSource`, `LabelImageSource`,
+            `synthetic.SyntheticSegmentationSource` or any sequence of `Sample`.
         task: "instance", "semantic" or "panoptic".
         image_processor: the processor saved with the model (e.g. `Mask2FormerDINOv3ImageProcessor`), with a fixed
             `size={"height": H, "width": W}`.
         augmentation: random augmentation for training (see `build_augmentation`), or None.
         for_evaluation: add `dataset_index` to the items.
         native_crops: train on random native-resolution windows of the processor's size instead of resized images.
-        seed: mixed into the augmentation seed of each DataLoader worker. albumentations keeps its own generator,
-            which forked workers would otherwise share (every worker drawing the same augmentations); give each
-            process of a distributed run its own value.
+        seed: the random draws' seed (give each process of a distributed run its own value).
     """
 
     def __init__(
-        self,
-        source,
-        task: str,
-        image_processor,
-        augmentation=None,
-        for_evaluation: bool = False,
-        seed: int = 0,
+        self, source, task: str, image_processor, augmentation=None, for_evaluation: bool = False, seed: int = 0,
         native_crops: bool = False,
-    ):
+    ):  # fmt: skip
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         processor_size(image_processor)
@@ -1016,37 +980,28 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.for_evaluation = for_evaluation
         self.seed = seed
         self.native_crops = native_crops
-        self.crop_rng = np.random.default_rng(seed)
-        self._worker_key = None
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def _reseed_in_worker(self) -> None:
-        worker = torch.utils.data.get_worker_info()
-        if worker is None or (self.augmentation is None and not self.native_crops):
-            return
-        # torch gives every worker of every epoch its own seed, derived from the (seeded) main process.
-        key = (worker.id, worker.seed)
-        if key != self._worker_key:
-            self._worker_key = key
-            seed = int(np.random.SeedSequence([worker.seed, self.seed]).generate_state(1)[0])
-            if self.augmentation is not None:
-                self.augmentation.set_random_seed(seed)
-            self.crop_rng = np.random.default_rng(seed)
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentations of `epoch` (accelerate's `DataLoaderShard.set_epoch` and `EpochCallback` call it)."""
+        self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        self._reseed_in_worker()
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         sample = self.source[index]
         if self.native_crops:
             # Intensity normalisation over the whole image, then the window: tiled inference does the same.
             sample = replace(sample, image=image_for_model(sample.image, self.image_processor, sample.file_name))
             if not self.for_evaluation:
-                window = random_crop_window(sample.image.shape[:2], processor_size(self.image_processor), self.crop_rng)
+                window = random_crop_window(sample.image.shape[:2], processor_size(self.image_processor), rng)
                 sample = crop_sample(sample, window)
         else:
             sample = resize_sample(sample, self.image_processor)
         if self.augmentation is not None:
+            self.augmentation.set_random_seed(int(rng.integers(2**32)))
             sample = apply_transform(self.augmentation, sample)
         mask_labels, class_labels = training_targets(sample, self.task)
         item = {
@@ -1094,6 +1049,26 @@ class SegmentationCollator:
         return batch
 
 
+class EpochCallback(TrainerCallback):
+    """Tells the training dataset each epoch before the epoch's DataLoader iterator (and its worker copies of the
+    dataset) is made: accelerate's `set_epoch` reaches the dataset only when the sampler has no `set_epoch` of its own.
+
+    Persistent workers keep the dataset of the first epoch, so they would repeat its augmentations: refused.
+    """
+
+    def __init__(self, dataset: SegmentationDataset, args):
+        if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+            raise ValueError(
+                "--dataloader_persistent_workers: persistent workers keep the first epoch's dataset and would repeat "
+                "its augmentations every epoch (and break exact resume); leave it off."
+            )
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        """Set the dataset's epoch (completed epochs: `state.epoch` counts fractions, also after a resume)."""
+        self.dataset.set_epoch(math.floor(state.epoch + 1e-6))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Instances per image (how many queries the data needs)
 # --------------------------------------------------------------------------------------------------------------------
@@ -1125,7 +1100,7 @@ def _densest(counts) -> tuple[int, str]:
 def count_instances(source, task: str = "instance", max_rows: int = 2000) -> InstanceCount | None:
     """The densest image of a source, counted without decoding images or masks where possible.
 
-    COCO: from the JSON annotations (per image id). Synthetic: the generator's `max_instances` (an upper bound).
+    COCO: from the JSON annotations (per image id). A source with a `count_instances(task)` method: its answer.
     Hugging Face format: the instance-id channel of the annotation PNGs of the first `max_rows` rows. A
     `torch.utils.data.Subset` (`--max_train_samples`) counts its images only. None for the semantic task (one
     segment per class present, so the count is bounded by the number of classes) or an unknown source.
@@ -1145,9 +1120,8 @@ def count_instances(source, task: str = "instance", max_rows: int = 2000) -> Ins
 
         largest, where = _densest((coco_count(source.annotations[info["id"]]), info["path"]) for info in images)
         return InstanceCount(largest, where, len(images))
-    if isinstance(source, SyntheticSegmentationSource):
-        stuff = len(source.label_map.stuff_ids) if task == "panoptic" else 0
-        return InstanceCount(source.config.max_instances + stuff, f"synthetic {source.split}", len(source), exact=False)
+    if hasattr(source, "count_instances"):  # e.g. synthetic.SyntheticSegmentationSource
+        return source.count_instances(task)
     if isinstance(source, HFSegmentationSource):
         all_rows = list(range(len(source))) if indices is None else indices
         rows = all_rows[:max_rows]
@@ -1170,6 +1144,26 @@ def count_instances(source, task: str = "instance", max_rows: int = 2000) -> Ins
         largest, where = _densest((int(np.count_nonzero(np.unique(read_label_image(m)))), m) for _, m in read)
         return InstanceCount(largest, where, len(read), exact=len(read) == len(pairs))
     return None
+
+
+def require_instances(source, task: str, split: str) -> None:
+    """Check that a split holds at least one instance (instance / panoptic task; things that are not crowd regions).
+
+    No instance in the train split is a `DataError` naming the split, what was skipped and why (a run would
+    otherwise train on nothing and end with exit code 0); in another split it is a warning (its AP means nothing).
+    """
+    count = None if task == "semantic" else count_instances(source, "instance")
+    if count is None or count.largest > 0:
+        return
+    inner = source.dataset if isinstance(source, torch.utils.data.Subset) else source
+    reasons = "; ".join(f"{n} {reason}" for reason, n in getattr(inner, "skipped", Counter()).items())
+    where = getattr(inner, "annotation_file", None) or getattr(inner, "name", "")
+    why = f"skipped {reasons}" if reasons else f"none of its {count.counted} image(s) has an annotated instance"
+    message = f"The {split} split ({where}) has no usable instance for the {task} task: {why}."
+    if split != "train":
+        logger.warning("%s Its AP will be 0 or undefined.", message)
+        return
+    raise DataError(f"{message} Nothing to train on: annotate instances with masks or polygons.")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1197,39 +1191,11 @@ def find_label_image_split(data_dir: str, split: str) -> list[tuple[str, str]] |
 
 
 __all__ = [
-    "CocoSegmentationSource",
-    "DataError",
-    "HFSegmentationSource",
-    "IGNORE_INDEX",
-    "InstanceCount",
-    "LabelImageSource",
-    "LabelMap",
-    "Sample",
-    "SegmentationCollator",
-    "SegmentationDataset",
-    "SyntheticSegmentationSource",
-    "TASKS",
-    "apply_transform",
-    "build_augmentation",
-    "count_instances",
-    "crop_sample",
-    "evaluation_ground_truth",
-    "find_label_image_pairs",
-    "find_label_image_split",
-    "find_roboflow_split",
-    "image_for_model",
-    "label_map_from_coco",
-    "label_map_from_semantic_class_to_id",
-    "load_hf_dataset",
-    "load_image",
-    "read_label_image",
-    "panoptic_segments",
-    "pixel_values_of",
-    "processor_size",
-    "random_crop_window",
-    "resize_sample",
-    "semantic_map",
-    "synthetic_label_map",
-    "to_rgb_array",
-    "training_targets",
-]
+    "CocoSegmentationSource", "DataError", "EpochCallback", "HFSegmentationSource", "IGNORE_INDEX", "InstanceCount",
+    "LabelImageSource", "LabelMap", "Sample", "SegmentationCollator", "SegmentationDataset", "TASKS", "apply_transform",
+    "build_augmentation", "count_instances", "crop_sample", "evaluation_ground_truth", "expand_id_map",
+    "find_label_image_pairs", "find_label_image_split", "find_roboflow_split", "id_map_of", "image_for_model",
+    "label_map_from_coco", "label_map_from_semantic_class_to_id", "load_hf_dataset", "load_image", "painted_segments",
+    "panoptic_segments", "pixel_values_of", "processor_size", "random_crop_window", "read_label_image",
+    "require_instances", "resize_sample", "semantic_map", "to_rgb_array", "training_targets",
+]  # fmt: skip

@@ -46,13 +46,14 @@ from .data import (
     LabelMap,
     SegmentationCollator,
     SegmentationDataset,
-    SyntheticSegmentationSource,
+    EpochCallback,
     build_augmentation,
     count_instances,
     find_label_image_split,
     find_roboflow_split,
     label_map_from_semantic_class_to_id,
     load_hf_dataset,
+    require_instances,
     semantic_class_to_id_of,
     thing_semantic_ids,
 )
@@ -60,6 +61,7 @@ from .image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
 from .loading import checkpoint_name
 from .modeling_mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation
 from .presets import get_preset
+from .synthetic import SyntheticSegmentationSource
 from .tiling import default_overlap, save_tiling
 from .training import Mask2FormerTrainer, ModelCardDetails, save_prediction_overlays
 
@@ -148,6 +150,9 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, trai
         raise ValueError("--do_train needs training data (train/ in --data_dir, --train_annotation_file or a train split).")
     if training_args.do_eval and bundle.validation is None:
         raise ValueError("--do_eval needs validation data (valid/ in --data_dir, --validation_annotation_file or a split).")
+    for split, needed in (("train", training_args.do_train), ("validation", training_args.do_eval)):
+        if needed:  # no instance: an error for training, a warning for evaluation
+            require_instances(getattr(bundle, split), data_args.task, split)
     return bundle
 
 
@@ -498,6 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         panoptic_threshold=data_args.panoptic_threshold,
         tile_size=tile_size,
         tile_overlap=default_overlap(tile_size) if native else 0,
+        callbacks=[EpochCallback(train_dataset, training_args)] if train_dataset is not None else None,
     )
 
     with run_phase():

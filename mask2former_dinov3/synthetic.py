@@ -39,6 +39,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from .data import InstanceCount, LabelMap, Sample, id_map_of, to_rgb_array
+
 
 __all__ = [
     "CLASSES",
@@ -46,11 +48,14 @@ __all__ = [
     "THING_CLASSES",
     "SyntheticConfig",
     "SyntheticSample",
+    "SyntheticSegmentationSource",
     "generate_sample",
     "generate_samples",
     "panoptic_categories",
     "sample_to_coco_annotations",
     "size_bucket",
+    "synthetic_label_map",
+    "synthetic_to_sample",
     "write_coco_dataset",
 ]
 
@@ -497,3 +502,81 @@ def write_coco_dataset(
         path.write_text(json.dumps(dataset, indent=None, separators=(",", ":")) + "\n", encoding="utf-8")
         paths[split] = path
     return paths
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The synthetic set as a fine-tuning data source (`mask2former_dinov3.data.Sample`)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class SyntheticSegmentationSource:
+    """Samples of the synthetic set (deterministic shapes on a sky/ground background), generated on first use and
+    cached: the offline default dataset of the fine-tuning script.
+
+    Args:
+        split: "train", "valid" or "test" (independent streams of images).
+        num_samples: number of images.
+        seed: generator seed.
+        image_size: side of the square images.
+        with_stuff: include the stuff regions ("sky", "ground") as segments (semantic / panoptic tasks); without,
+            the label map holds the four thing classes only (instance task).
+        **config_kwargs: other `SyntheticConfig` fields (e.g. `size_probabilities`).
+    """
+
+    def __init__(
+        self, split: str, num_samples: int, seed: int = 0, image_size: int = 128, with_stuff: bool = False,
+        **config_kwargs,
+    ):  # fmt: skip
+        self.split = split
+        self.num_samples = num_samples
+        self.seed = seed
+        self.config = SyntheticConfig(image_size=image_size, **config_kwargs)
+        self.with_stuff = with_stuff
+        self.label_map = synthetic_label_map(with_stuff)
+        self._cache: dict[int, Sample] = {}
+
+    @property
+    def area_ranges(self) -> dict[str, tuple[float, float]]:
+        """The generator's small / medium / large areas in pixels (see `size_bucket_area_ranges`)."""
+        return size_bucket_area_ranges(*self.config.size)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        if index not in self._cache:
+            item = generate_sample(index, seed=self.seed, split=self.split, config=self.config)
+            self._cache[index] = synthetic_to_sample(item, self.with_stuff)
+        return self._cache[index]
+
+    def count_instances(self, task: str) -> InstanceCount:
+        """The generator's `max_instances` (plus the stuff classes for the panoptic task): an upper bound."""
+        stuff = len(self.label_map.stuff_ids) if task == "panoptic" else 0
+        return InstanceCount(self.config.max_instances + stuff, f"synthetic {self.split}", len(self), exact=False)
+
+
+def synthetic_label_map(with_stuff: bool) -> LabelMap:
+    """Label map of the synthetic data: the thing classes, plus the stuff classes when `with_stuff`."""
+    names = CLASSES if with_stuff else THING_CLASSES
+    return LabelMap(id2label=dict(enumerate(names)), thing_ids=frozenset(range(len(THING_CLASSES))))
+
+
+def synthetic_to_sample(item: SyntheticSample, with_stuff: bool) -> Sample:
+    """A `Sample` of a `SyntheticSample`: its visible instance masks, plus the stuff regions if asked; they never
+    overlap, so they come as one id map."""
+    masks = list(item.masks)
+    labels = [int(label) for label in item.labels]
+    is_instance = [True] * len(labels)
+    if with_stuff:
+        for info in item.segments_info:
+            if not info["isthing"]:
+                masks.append(item.panoptic_map == info["id"])
+                labels.append(int(info["category_id"]))
+                is_instance.append(False)
+    return Sample(
+        image=to_rgb_array(item.image), masks=id_map_of(masks, item.panoptic_map.shape), labels=labels,
+        iscrowd=[False] * len(labels), is_instance=is_instance, image_id=int(item.index),
+        file_name=f"synthetic-{item.split}-{item.index:05d}",
+    )  # fmt: skip

@@ -19,7 +19,6 @@ from mask2former_dinov3.data import (
     Sample,
     SegmentationCollator,
     SegmentationDataset,
-    SyntheticSegmentationSource,
     apply_transform,
     build_augmentation,
     evaluation_ground_truth,
@@ -34,6 +33,7 @@ from mask2former_dinov3.data import (
     training_targets,
 )
 from mask2former_dinov3.image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
+from mask2former_dinov3.synthetic import SyntheticSegmentationSource
 
 
 def _processor(height, width, **kwargs):
@@ -116,7 +116,8 @@ def test_coco_loader_decodes_polygon_rle_crowd_and_empty_image(coco_dir):
     first = source[0]
     assert first.image.shape == (24, 32, 3) and first.image_id == 10
     assert first.labels.tolist() == [0, 1]
-    polygon = first.masks[0].astype(bool)
+    assert first.is_id_map  # the annotations do not overlap: one id map, expanded on demand
+    polygon = first.binary_masks()[0]
     # Interior of the rectangle is filled, everything a pixel outside it is empty, area within one perimeter.
     assert polygon[3:14, 5:20].all()
     outside = np.ones_like(polygon)
@@ -125,17 +126,17 @@ def test_coco_loader_decodes_polygon_rle_crowd_and_empty_image(coco_dir):
     assert abs(int(polygon.sum()) - 16 * 12) <= 2 * (16 + 12)
     # Uncompressed RLE: decoded exactly as worked out by hand from the runs.
     expected = _mask_from_uncompressed_rle([30, 6, 18, 6, 708], 24, 32)
-    np.testing.assert_array_equal(first.masks[1], expected)
+    np.testing.assert_array_equal(first.binary_masks()[1], expected)
     assert expected[6:12, 1].all() and expected[6:12, 2].all() and expected.sum() == 12
 
     second = source[1]
-    np.testing.assert_array_equal(second.masks[0], compressed)  # compressed RLE with string counts
+    np.testing.assert_array_equal(second.binary_masks()[0], compressed)  # compressed RLE with string counts
     assert second.labels.tolist() == [2, 0]
     assert second.iscrowd.tolist() == [False, True]
-    assert second.masks[1][:, :2].all() and second.masks[1].sum() == 40
+    assert second.binary_masks()[1][:, :2].all() and second.binary_masks()[1].sum() == 40
 
     empty = source[2]
-    assert empty.masks.shape == (0, 10, 12) and empty.labels.shape == (0,)
+    assert empty.binary_masks().shape == (0, 10, 12) and empty.labels.shape == (0,)
 
 
 def test_crowd_regions_are_not_trained_but_reach_the_metrics(coco_dir):
@@ -247,7 +248,7 @@ def test_polygon_with_fewer_than_three_points_is_skipped_with_a_warning(coco_dir
     assert f"{path}: annotation 100" in messages
     sample = source[2]
     assert sample.labels.tolist() == [1]  # only annotation 100 survives, from its valid polygon
-    assert sample.masks[0][1:5, 1:7].all()
+    assert sample.binary_masks()[0][1:5, 1:7].all()
 
 
 def test_rle_of_the_wrong_size_is_rejected(coco_dir):
@@ -459,7 +460,7 @@ def test_synthetic_source_label_maps_and_stuff():
     assert set(sample.labels[~sample.is_instance].tolist()) <= {4, 5}
     # Thing instances and stuff regions together label every pixel.
     assert (semantic_map(sample) != IGNORE_INDEX).all()
-    np.testing.assert_array_equal(things[0].masks, full[0].masks[: len(things[0].masks)])
+    np.testing.assert_array_equal(things[0].binary_masks(), full[0].binary_masks()[: len(things[0].labels)])
 
 
 def test_hf_example_format_segments_and_reduced_labels():
@@ -468,7 +469,8 @@ def test_hf_example_format_segments_and_reduced_labels():
     annotation = np.stack([semantic, instance, np.zeros_like(semantic)], axis=-1)
     label_map = label_map_from_semantic_class_to_id({"background": 0, "car": 1, "road": 2, "person": 3}, do_reduce_labels=True)
     assert label_map.id2label == {0: "car", 1: "road", 2: "person"}
-    masks, labels, is_instance = segments_from_annotation_png(annotation, label_map, True, "row 0")
+    id_map, labels, is_instance = segments_from_annotation_png(annotation, label_map, True, "row 0")
+    masks = Sample(annotation, id_map, labels, [False] * len(labels), is_instance, image_id=0).binary_masks()
     by_label = {label: (mask, inst) for mask, label, inst in zip(masks, labels, is_instance)}
     assert sorted(labels) == [0, 1, 2]  # background (semantic 0) is ignored
     assert by_label[0][1] and by_label[0][0].sum() == 4  # instance 5 -> car

@@ -64,9 +64,9 @@ def test_stardist_layout_16_bit_image_and_touching_instances_stay_apart(tmp_path
     # The 16-bit intensities reach the image processor as read (its intensity normalisation maps them).
     assert sample.image.dtype == np.uint16 and np.array_equal(sample.image, _image())
     labels = _labels()
-    assert sample.masks.shape == (3, SIZE, SIZE) and sample.masks.dtype == np.uint8
+    assert sample.is_id_map and sample.binary_masks().shape == (3, SIZE, SIZE)
     # Values 1 and 2 touch: two masks, each exactly its own value's pixels.
-    for mask, value in zip(sample.masks, (1, 2, 7)):
+    for mask, value in zip(sample.binary_masks(), (1, 2, 7)):
         assert np.array_equal(mask.astype(bool), labels == value)
     assert sample.labels.tolist() == [0, 0, 0] and sample.is_instance.all() and not sample.iscrowd.any()
     assert len(evaluation_ground_truth(sample, "instance")["masks"]) == 3
@@ -82,8 +82,8 @@ def test_cellpose_layout_with_png_images_and_uint32_labels(tmp_path, image_suffi
     assert [tuple(map(os.path.basename, pair)) for pair in pairs] == [(f"frame{image_suffix}.png", "frame_masks.tif")]
     sample = LabelImageSource(pairs)[0]
     assert sample.image.shape == (SIZE, SIZE, 3) and sample.image.dtype == np.uint8  # 8-bit grayscale -> RGB
-    assert np.array_equal(sample.masks[2].astype(bool), _labels(np.uint32, 70_000) == 70_007)
-    assert len(sample.masks) == 3
+    assert np.array_equal(sample.binary_masks()[2], _labels(np.uint32, 70_000) == 70_007)
+    assert len(sample.labels) == 3
 
 
 def test_png_label_image_and_a_frame_without_instances_is_kept(tmp_path, caplog):
@@ -91,7 +91,7 @@ def test_png_label_image_and_a_frame_without_instances_is_kept(tmp_path, caplog)
     Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(tmp_path / "a_masks.png")
     with caplog.at_level(logging.INFO, logger="mask2former_dinov3.data"):
         sample = LabelImageSource(find_label_image_pairs(str(tmp_path)))[0]
-    assert sample.masks.shape == (0, SIZE, SIZE)
+    assert sample.binary_masks().shape == (0, SIZE, SIZE)
     assert "a_masks.png: no instance; kept as a negative example" in caplog.text
 
 

@@ -458,7 +458,8 @@ def test_prediction_step_hands_trainer_only_the_logits_and_dataset_indices(tmp_p
     # as labels, the dataset indices by which the metrics find each image's ground truth.
     from transformers import TrainingArguments
 
-    from mask2former_dinov3.data import SegmentationCollator, SegmentationDataset, SyntheticSegmentationSource
+    from mask2former_dinov3.data import SegmentationCollator, SegmentationDataset
+    from mask2former_dinov3.synthetic import SyntheticSegmentationSource
     from mask2former_dinov3.training import Mask2FormerTrainer
 
     processor = Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64})
