@@ -121,17 +121,6 @@ class LabelMap:
             raise DataError(f"{where}: category id {dataset_id} is not in the label map (known ids: {shown}).") from None
 
 
-def _unique_names(names: list[str], ids: list[int]) -> list[str]:
-    counts = Counter(names)
-    out = []
-    for name, cid in zip(names, ids):
-        if counts[name] > 1:
-            logger.warning("Category name %r is used by several ids; naming id %d %r.", name, cid, f"{name}_{cid}")
-            name = f"{name}_{cid}"
-        out.append(name)
-    return out
-
-
 def label_map_from_coco(coco: dict, source: str = "") -> LabelMap:
     """Label map from a COCO JSON's `categories` (sorted by id; `isthing: 0` marks stuff classes).
 
@@ -147,20 +136,22 @@ def label_map_from_coco(coco: dict, source: str = "") -> LabelMap:
         children = [c for c in categories if c is not category and c.get("supercategory") == category["name"]]
         return bool(children) or str(category.get("supercategory", "")).lower() == "none"
 
-    kept = [c for c in categories if not is_parent(c)]
-    for category in categories:
-        if is_parent(category):
-            logger.info("%s: left out category %s (%r): a parent category without annotations (Roboflow export).",
-                        source, category["id"], category["name"])  # fmt: skip
+    parents = [c for c in categories if is_parent(c)]
+    for category in parents:
+        logger.info("%s: left out category %s (%r): a parent category without annotations (Roboflow export).",
+                    source, category["id"], category["name"])  # fmt: skip
+    kept = [c for c in categories if c not in parents]
     if not kept:
         raise DataError(f"{source}: no categories.")
-    ids = [int(c["id"]) for c in kept]
-    names = _unique_names([str(c["name"]) for c in kept], ids)
-    return LabelMap(
-        id2label=dict(enumerate(names)),
-        thing_ids=frozenset(i for i, c in enumerate(kept) if int(c.get("isthing", 1)) != 0),
-        dataset_ids={cid: i for i, cid in enumerate(ids)},
-    )
+    counts = Counter(str(c["name"]) for c in kept)
+    names = []
+    for category in kept:  # a name used by several ids gets the id appended
+        name, cid = str(category["name"]), int(category["id"])
+        if counts[name] > 1:
+            logger.warning("Category name %r is used by several ids; naming id %d %r.", name, cid, f"{name}_{cid}")
+        names.append(f"{name}_{cid}" if counts[name] > 1 else name)
+    things = frozenset(i for i, c in enumerate(kept) if int(c.get("isthing", 1)) != 0)
+    return LabelMap(dict(enumerate(names)), things, {int(c["id"]): i for i, c in enumerate(kept)})
 
 
 def check_label_maps_agree(label_map: LabelMap, coco: dict, source: str) -> None:
@@ -189,11 +180,7 @@ def label_map_from_semantic_class_to_id(
         items = [(v, k) for v, k in items if v != 0]
     dataset_ids = {v: i for i, (v, _) in enumerate(items)}
     things = dataset_ids.keys() if thing_dataset_ids is None else [t for t in thing_dataset_ids if t in dataset_ids]
-    return LabelMap(
-        id2label={i: k for i, (_, k) in enumerate(items)},
-        thing_ids=frozenset(dataset_ids[t] for t in things),
-        dataset_ids=dataset_ids,
-    )
+    return LabelMap({i: k for i, (_, k) in enumerate(items)}, frozenset(dataset_ids[t] for t in things), dataset_ids)
 
 
 # --------------------------------------------------------------------------------------------------------------------
