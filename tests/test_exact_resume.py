@@ -59,3 +59,23 @@ def test_resumed_run_logs_the_losses_of_the_uninterrupted_run(tmp_path):
     assert len({full[step] for step in full}) == 6  # the losses differ from step to step: the test can tell
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(full[step], rel=1e-4), (step, full, resumed)
+
+
+def test_epoch_callback_sets_the_epoch_and_refuses_persistent_workers(tmp_path):
+    from transformers import TrainerState, TrainingArguments
+
+    from mask2former_dinov3.data import EpochCallback, SegmentationDataset
+    from mask2former_dinov3.image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
+    from mask2former_dinov3.synthetic import SyntheticSegmentationSource
+
+    processor = Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64})
+    dataset = SegmentationDataset(SyntheticSegmentationSource("train", 2, image_size=64), "instance", processor)
+    args = TrainingArguments(str(tmp_path), dataloader_num_workers=2, report_to="none", use_cpu=True)
+    callback = EpochCallback(dataset, args)
+    for epoch, expected in ((0.0, 0), (1.0, 1), (2.5, 2), (2.9999999, 3)):  # a resumed state holds a fraction
+        callback.on_epoch_begin(args, TrainerState(epoch=epoch), None)
+        assert dataset.epoch == expected
+    persistent = TrainingArguments(str(tmp_path), dataloader_num_workers=2, dataloader_persistent_workers=True,
+                                   report_to="none", use_cpu=True)  # fmt: skip
+    with pytest.raises(ValueError, match="persistent workers keep the first epoch's dataset"):
+        EpochCallback(dataset, persistent)
