@@ -47,8 +47,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import tifffile
 import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from transformers import TrainerCallback
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, check_input_size
@@ -143,13 +145,11 @@ def label_map_from_coco(coco: dict, source: str = "") -> LabelMap:
     kept = [c for c in categories if c not in parents]
     if not kept:
         raise DataError(f"{source}: no categories.")
-    counts = Counter(str(c["name"]) for c in kept)
-    names = []
-    for category in kept:  # a name used by several ids gets the id appended
-        name, cid = str(category["name"]), int(category["id"])
-        if counts[name] > 1:
-            logger.warning("Category name %r is used by several ids; naming id %d %r.", name, cid, f"{name}_{cid}")
-        names.append(f"{name}_{cid}" if counts[name] > 1 else name)
+    counts = Counter(str(c["name"]) for c in kept)  # a name used by several ids gets the id appended
+    names = [f"{c['name']}_{c['id']}" if counts[str(c["name"])] > 1 else str(c["name"]) for c in kept]
+    for category, name in zip(kept, names):
+        if name != str(category["name"]):
+            logger.warning("Category name %r is used by several ids; naming id %s %r.", category["name"], category["id"], name)
     things = frozenset(i for i, c in enumerate(kept) if int(c.get("isthing", 1)) != 0)
     return LabelMap(dict(enumerate(names)), things, {int(c["id"]): i for i, c in enumerate(kept)})
 
@@ -160,10 +160,9 @@ def check_label_maps_agree(label_map: LabelMap, coco: dict, source: str) -> None
         label = label_map.dataset_ids.get(int(category["id"]))
         name = str(category["name"])
         if label is not None and label_map.id2label[label] not in (name, f"{name}_{category['id']}"):
-            raise DataError(
-                f"{source}: category id {category['id']} is named {category['name']!r} here but "
-                f"{label_map.id2label[label]!r} in the training annotations; the splits must share one category list."
-            )
+            raise DataError(f"{source}: category id {category['id']} is named {category['name']!r} here but "
+                            f"{label_map.id2label[label]!r} in the training annotations; the splits must share one "
+                            f"category list.")  # fmt: skip
 
 
 def label_map_from_semantic_class_to_id(
@@ -230,11 +229,9 @@ def image_for_model(image: np.ndarray, image_processor, source: str = "") -> np.
         return image
     normalize = getattr(image_processor, "normalize_intensity", None)
     if normalize is None:
-        raise DataError(
-            f"{source or 'image'}: a {image.dtype} image (not 8-bit), which {type(image_processor).__name__} cannot "
-            f"normalise; use Mask2FormerDINOv3ImageProcessor (its intensity_normalization setting) or convert the "
-            f"images to 8 bit."
-        )
+        raise DataError(f"{source or 'image'}: a {image.dtype} image (not 8-bit), which {type(image_processor).__name__} "
+                        f"cannot normalise; use Mask2FormerDINOv3ImageProcessor (its intensity_normalization setting) "
+                        f"or convert the images to 8 bit.")  # fmt: skip
     array = np.asarray(normalize(image))
     if array.ndim != 3 or array.shape[-1] != 3:
         raise DataError(f"{source or 'image'}: a {image.shape} {image.dtype} image; expected (H, W) or (H, W, 3).")
@@ -273,12 +270,10 @@ class Sample:
     file_name: str = ""
 
     def __post_init__(self):
-        masks = np.asarray(self.masks)
-        if masks.ndim == 2:
-            self.masks = masks.astype(np.int32, copy=False)
-        else:  # a list of (H, W) masks, possibly empty, or an (N, H, W) array
-            masks = masks.astype(np.uint8, copy=False)
-            self.masks = masks if masks.ndim == 3 else masks.reshape(0, *self.image.shape[:2])
+        masks = np.asarray(self.masks)  # an (H, W) id map, an (N, H, W) array or a list of (H, W) masks (maybe none)
+        self.masks = masks.astype(np.int32 if masks.ndim == 2 else np.uint8, copy=False)
+        if self.masks.ndim == 1:
+            self.masks = self.masks.reshape(0, *self.image.shape[:2])
         n = np.size(self.labels) if self.is_id_map else len(self.masks)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
         self.iscrowd = np.asarray(self.iscrowd, dtype=bool).reshape(n)
@@ -335,10 +330,9 @@ def _read_coco_json(path: str) -> dict:
         with open(path, encoding="utf-8") as handle:
             coco = json.load(handle)
     except json.JSONDecodeError as error:
-        raise DataError(
-            f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); the file is corrupt "
-            f"or truncated. Re-export or re-download it (and check the disk was not full when it was written)."
-        ) from error
+        raise DataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}); the file is "
+                        f"corrupt or truncated. Re-export or re-download it (and check the disk was not full when it "
+                        f"was written).") from error  # fmt: skip
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not a UTF-8 text file ({error}); is it really a COCO JSON?") from error
     if not isinstance(coco, dict):
@@ -371,29 +365,21 @@ class CocoSegmentationSource:
             check_label_maps_agree(label_map, coco, annotation_file)
         self.label_map = label_map
         self.images = []
-        seen_ids = set()
-        missing = []
         for image in coco["images"]:
             try:
-                image_id, file_name = int(image["id"]), str(image["file_name"])
-                height, width = int(image["height"]), int(image["width"])
+                info = {key: int(image[key]) for key in ("id", "height", "width")} | {"file_name": str(image["file_name"])}
             except (KeyError, TypeError, ValueError) as error:
                 raise DataError(f"{annotation_file}: image entry {image!r} lacks id/file_name/height/width ({error}).") from None
-            if image_id in seen_ids:
-                raise DataError(f"{annotation_file}: image id {image_id} appears twice.")
-            seen_ids.add(image_id)
-            path = os.path.join(self.image_dir, file_name)
-            if not os.path.isfile(path):
-                missing.append(path)
-            self.images.append({"id": image_id, "file_name": file_name, "path": path, "height": height, "width": width})
-        if missing:
-            shown = "\n  ".join(missing[:5])
-            more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise DataError(
-                f"{annotation_file}: {len(missing)} image file(s) listed in the JSON are missing:\n  {shown}{more}\n"
-                f"(image folder: {self.image_dir})"
-            )
+            self.images.append(info | {"path": os.path.join(self.image_dir, info["file_name"])})
         sizes = {img["id"]: (img["height"], img["width"]) for img in self.images}
+        twice = [image_id for image_id, n in Counter(img["id"] for img in self.images).items() if n > 1]
+        if twice:
+            raise DataError(f"{annotation_file}: image id {twice[0]} appears twice.")
+        missing = [img["path"] for img in self.images if not os.path.isfile(img["path"])]
+        if missing:
+            shown = "\n  ".join(missing[:5]) + (f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DataError(f"{annotation_file}: {len(missing)} image file(s) listed in the JSON are missing:\n  {shown}\n"
+                            f"(image folder: {self.image_dir})")  # fmt: skip
         self.annotations: dict[int, list[dict]] = {img["id"]: [] for img in self.images}
         # Why annotations were skipped (reason -> count): `require_instances` names it when nothing is left.
         self.skipped: Counter[str] = Counter()
@@ -409,9 +395,8 @@ class CocoSegmentationSource:
             label = label_map.to_label(ann["category_id"], where)
             segmentation = self._check_segmentation(ann.get("segmentation"), sizes[image_id], where, notes)
             if segmentation is not None:
-                self.annotations[image_id].append(
-                    {"id": ann_id, "label": label, "segmentation": segmentation, "iscrowd": bool(ann.get("iscrowd", 0))}
-                )
+                self.annotations[image_id].append({"id": ann_id, "label": label, "segmentation": segmentation,
+                                                   "iscrowd": bool(ann.get("iscrowd", 0))})  # fmt: skip
         skipped, total = sum(self.skipped.values()), len(coco["annotations"])
         if skipped * 2 > total:  # one line, not thousands (e.g. a box-only detection export)
             reasons = "; ".join(f"{count} {reason}" for reason, count in self.skipped.items())
@@ -440,9 +425,7 @@ class CocoSegmentationSource:
             if "counts" not in segmentation or "size" not in segmentation:
                 raise DataError(f"{where}: RLE segmentation needs 'counts' and 'size', got keys {sorted(segmentation)}.")
             if [int(s) for s in segmentation["size"]] != list(size):
-                raise DataError(
-                    f"{where}: RLE size {segmentation['size']} differs from the image's height/width {list(size)}."
-                )
+                raise DataError(f"{where}: RLE size {segmentation['size']} differs from the image's height/width {list(size)}.")
             return segmentation
         else:
             reason = "without a segmentation (boxes alone cannot train masks: export with masks or polygons)"
@@ -454,11 +437,15 @@ class CocoSegmentationSource:
     def __len__(self) -> int:
         return len(self.images)
 
+    def segment_classes(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Labels of image `index`'s segments that are not crowd regions, which are things, and the image's path
+        (from the JSON: nothing is decoded)."""
+        labels = np.array([a["label"] for a in self.annotations[self.images[index]["id"]] if not a["iscrowd"]], np.int64)
+        return labels, np.isin(labels, list(self.label_map.thing_ids)), self.images[index]["path"]
+
     @staticmethod
     def to_rle(segmentation, height: int, width: int) -> dict:
         """Compressed RLE of a COCO polygon list or RLE (compressed or uncompressed), via pycocotools."""
-        from pycocotools import mask as mask_utils
-
         if isinstance(segmentation, list):
             return mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
         if isinstance(segmentation["counts"], list):
@@ -466,17 +453,13 @@ class CocoSegmentationSource:
         return segmentation  # compressed RLE, its counts as str or bytes
 
     def __getitem__(self, index: int) -> Sample:
-        from pycocotools import mask as mask_utils
-
         info = self.images[index]
         image = load_image(info["path"], self.annotation_file)
         height, width = image.shape[:2]
         if (height, width) != (info["height"], info["width"]):
-            raise DataError(
-                f"{self.annotation_file}: image {info['file_name']} is {width}x{height} pixels but the JSON says "
-                f"{info['width']}x{info['height']}; the annotations would not line up (EXIF rotation or a resized "
-                f"copy?)."
-            )
+            raise DataError(f"{self.annotation_file}: image {info['file_name']} is {width}x{height} pixels but the JSON "
+                            f"says {info['width']}x{info['height']}; the annotations would not line up (EXIF rotation "
+                            f"or a resized copy?).")  # fmt: skip
         anns = self.annotations[info["id"]]
         rles = [self.to_rle(a["segmentation"], height, width) for a in anns]
         areas = mask_utils.area(rles) if rles else np.zeros(0)
@@ -487,11 +470,8 @@ class CocoSegmentationSource:
         else:
             masks = [mask_utils.decode(r) for r in rles]
         labels = [a["label"] for a in anns]
-        return Sample(
-            image=image, masks=masks, labels=labels, iscrowd=[a["iscrowd"] for a in anns],
-            is_instance=[label in self.label_map.thing_ids for label in labels], image_id=info["id"],
-            file_name=info["path"],
-        )  # fmt: skip
+        return Sample(image, masks, labels, [a["iscrowd"] for a in anns], [label in self.label_map.thing_ids for label
+                      in labels], image_id=info["id"], file_name=info["path"])  # fmt: skip
 
 
 LABEL_IMAGE_EXTENSIONS = (".tif", ".tiff", ".png")
@@ -499,11 +479,8 @@ LABEL_IMAGE_EXTENSIONS = (".tif", ".tiff", ".png")
 
 def _label_image_files(folder: str) -> dict[str, str]:
     # File stem -> path, for the image and label-image files of a folder.
-    return {
-        os.path.splitext(name)[0]: os.path.join(folder, name)
-        for name in sorted(os.listdir(folder))
-        if os.path.splitext(name)[1].lower() in LABEL_IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, name))
-    }
+    names = [n for n in sorted(os.listdir(folder)) if os.path.splitext(n)[1].lower() in LABEL_IMAGE_EXTENSIONS]
+    return {os.path.splitext(n)[0]: os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))}
 
 
 def find_label_image_pairs(split_dir: str) -> list[tuple[str, str]] | None:
@@ -527,18 +504,13 @@ def find_label_image_pairs(split_dir: str) -> list[tuple[str, str]] | None:
             else:
                 images[stem.removesuffix("_img")] = path
         layout = f"Cellpose layout: NAME.tif or NAME_img.tif beside NAME_masks.tif; a COCO folder needs {ROBOFLOW_JSON}"
-    for found, missing, what in (
-        (images, masks, "image without a label image"),
-        (masks, images, "label image without an image"),
-    ):
+    for found, missing, what in ((images, masks, "image without a label image"), (masks, images, "label image without an image")):
         lonely = sorted(found.keys() - missing.keys())
         if lonely:
             raise DataError(f"{found[lonely[0]]}: {what} ({layout}); {len(lonely)} such file(s) in {split_dir}.")
     if not images:
-        raise DataError(
-            f"{split_dir}: empty split, no image / label image pairs (StarDist layout: images/NAME.tif with "
-            f"masks/NAME.tif; Cellpose layout: NAME.tif or NAME_img.tif beside NAME_masks.tif; TIFF or PNG)."
-        )
+        raise DataError(f"{split_dir}: empty split, no image / label image pairs (StarDist layout: images/NAME.tif with "
+                        f"masks/NAME.tif; Cellpose layout: NAME.tif or NAME_img.tif beside NAME_masks.tif; TIFF or PNG).")  # fmt: skip
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 
@@ -547,8 +519,6 @@ def read_label_image(path: str) -> np.ndarray:
     `DataError` naming the file if it cannot be read or is not a 2-D integer image."""
     try:
         if path.lower().endswith((".tif", ".tiff")):
-            import tifffile
-
             array = tifffile.imread(path)
         else:
             with Image.open(path) as image:
@@ -557,10 +527,8 @@ def read_label_image(path: str) -> np.ndarray:
         raise DataError(f"{path}: cannot read the label image: {error}") from error
     array = np.squeeze(array)
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-        raise DataError(
-            f"{path}: a {array.dtype} label image of shape {array.shape}; expected a 2-D (H, W) integer image, "
-            f"0 for background and one value per instance (e.g. a uint16 TIFF), not RGB or float."
-        )
+        raise DataError(f"{path}: a {array.dtype} label image of shape {array.shape}; expected a 2-D (H, W) integer image, "
+                        f"0 for background and one value per instance (e.g. a uint16 TIFF), not RGB or float.")  # fmt: skip
     return array
 
 
@@ -577,15 +545,18 @@ class LabelImageSource:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def segment_classes(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """One thing of class 0 per non-zero value of label image `index` (its image is not read), and its path."""
+        n = int(np.count_nonzero(np.unique(read_label_image(self.pairs[index][1]))))
+        return np.zeros(n, np.int64), np.ones(n, bool), self.pairs[index][1]
+
     def __getitem__(self, index: int) -> Sample:
         image_path, mask_path = self.pairs[index]
         image = load_image(image_path)
         label_image = read_label_image(mask_path)
         if label_image.shape != image.shape[:2]:
-            raise DataError(
-                f"{mask_path}: label image of {label_image.shape[1]}x{label_image.shape[0]} pixels but its image "
-                f"{image_path} is {image.shape[1]}x{image.shape[0]}; they must be the same size."
-            )
+            raise DataError(f"{mask_path}: label image of {label_image.shape[1]}x{label_image.shape[0]} pixels but its "
+                            f"image {image_path} is {image.shape[1]}x{image.shape[0]}; they must be the same size.")  # fmt: skip
         # Values renumbered 1..N in order (0 stays background): the label image is already an id map.
         ids, inverse = np.unique(label_image, return_inverse=True)
         id_map = inverse.reshape(label_image.shape).astype(np.int32) + int(ids[0] != 0)
@@ -639,6 +610,14 @@ class HFSegmentationSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def segment_classes(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Labels of row `index`'s segments and which are instances, from its annotation PNG (the image is not
+        decoded), and the row's name."""
+        where = f"{self.name} row {index}"
+        annotation = np.asarray(self.dataset.select_columns(["annotation"])[index]["annotation"])
+        _, labels, things = segments_from_annotation_png(annotation, self.label_map, self.do_reduce_labels, where)
+        return np.asarray(labels, np.int64), np.asarray(things, bool), where
+
     def __getitem__(self, index: int) -> Sample:
         row = self.dataset[index]
         where = f"{self.name} row {index}"
@@ -664,25 +643,17 @@ def load_hf_dataset(name_or_path: str, token: str | None = None, trust_remote_co
     """A `DatasetDict` from a hub name, a `save_to_disk` folder or a local data folder."""
     import datasets
 
-    if os.path.isdir(name_or_path) and (
-        os.path.isfile(os.path.join(name_or_path, "dataset_dict.json"))
-        or os.path.isfile(os.path.join(name_or_path, "state.json"))
-    ):
+    if any(os.path.isfile(os.path.join(name_or_path, name)) for name in ("dataset_dict.json", "state.json")):
         loaded = datasets.load_from_disk(name_or_path)
         return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
-    kwargs = {"token": token}
-    if trust_remote_code:
-        kwargs["trust_remote_code"] = True
-    return datasets.load_dataset(name_or_path, **kwargs)
+    return datasets.load_dataset(name_or_path, token=token, **({"trust_remote_code": True} if trust_remote_code else {}))
 
 
 def semantic_class_to_id_of(dataset, name: str) -> dict[str, int]:
     """The `semantic_class_to_id` mapping of a dataset in transformers' example format (a column, dict or JSON)."""
     if "semantic_class_to_id" not in dataset.column_names:
-        raise DataError(
-            f"{name}: no 'semantic_class_to_id' column; the dataset must follow transformers' instance-segmentation "
-            f"example format (image, annotation, semantic_class_to_id)."
-        )
+        raise DataError(f"{name}: no 'semantic_class_to_id' column; the dataset must follow transformers' "
+                        f"instance-segmentation example format (image, annotation, semantic_class_to_id).")  # fmt: skip
     mapping = dataset[0]["semantic_class_to_id"]
     if isinstance(mapping, str):
         mapping = json.loads(mapping)
@@ -718,22 +689,15 @@ def panoptic_segments(sample: Sample) -> tuple[np.ndarray, list[dict]]:
     `{"id", "label_id", "iscrowd", "isthing"}`.
     """
     infos: list[dict] = []
-    stuff_segment: dict[int, int] = {}
+    ids: dict[tuple[str, int], int] = {}  # an instance or crowd region: its own segment; stuff: one per class
     segment_of = np.zeros(len(sample.labels) + 1, np.int32)  # 1 + segment index -> segment id
     for index in paint_order(sample):
-        label = int(sample.labels[index])
-        if sample.is_instance[index] or sample.iscrowd[index]:
-            segment_id = len(infos) + 1
-            infos.append(
-                {"id": segment_id, "label_id": label, "iscrowd": bool(sample.iscrowd[index]),
-                 "isthing": bool(sample.is_instance[index])}
-            )  # fmt: skip
-        elif label in stuff_segment:
-            segment_id = stuff_segment[label]
-        else:
-            segment_id = stuff_segment[label] = len(infos) + 1
-            infos.append({"id": segment_id, "label_id": label, "iscrowd": False, "isthing": False})
-        segment_of[index + 1] = segment_id
+        label, thing, crowd = int(sample.labels[index]), bool(sample.is_instance[index]), bool(sample.iscrowd[index])
+        key = ("segment", index) if thing or crowd else ("stuff", label)
+        if key not in ids:
+            ids[key] = len(infos) + 1
+            infos.append({"id": ids[key], "label_id": label, "iscrowd": crowd, "isthing": thing})
+        segment_of[index + 1] = ids[key]
     segment_map = segment_of[painted_segments(sample)]
     present = set(np.unique(segment_map).tolist())
     return segment_map, [info for info in infos if info["id"] in present]
@@ -777,12 +741,8 @@ def evaluation_ground_truth(sample: Sample, task: str) -> Any:
     """
     if task == "instance":
         keep = np.flatnonzero(sample.is_instance | sample.iscrowd)
-        return {
-            "masks": sample.binary_masks(keep),
-            "labels": sample.labels[keep],
-            "iscrowd": sample.iscrowd[keep],
-            "size": tuple(sample.image.shape[:2]),
-        }
+        return {"masks": sample.binary_masks(keep), "labels": sample.labels[keep], "iscrowd": sample.iscrowd[keep],
+                "size": tuple(sample.image.shape[:2])}  # fmt: skip
     if task == "semantic":
         return semantic_map(sample)
     if task == "panoptic":
@@ -825,9 +785,7 @@ def resize_sample(sample: Sample, image_processor) -> Sample:
     processor_size(image_processor)
     kwargs = {"size": image_processor.size, "size_divisor": image_processor.size_divisor}
     rgb = image_for_model(sample.image, image_processor, sample.file_name)
-    image = image_processor.resize(
-        np.ascontiguousarray(rgb.transpose(2, 0, 1)), resample=image_processor.resample, **kwargs
-    )
+    image = image_processor.resize(np.ascontiguousarray(rgb.transpose(2, 0, 1)), resample=image_processor.resample, **kwargs)
     image = np.ascontiguousarray(image.transpose(1, 2, 0))
     if not sample.is_id_map:
         masks = [image_processor.resize(m[None], resample=PILImageResampling.NEAREST, **kwargs)[0] for m in sample.masks]
@@ -874,13 +832,9 @@ def pixel_values_of(image: np.ndarray, image_processor) -> torch.Tensor:
 
 
 def build_augmentation(
-    image_processor,
-    min_scale: float = 0.5,
-    max_scale: float = 2.0,
-    color_jitter: float = 0.2,
-    hflip: bool = True,
+    image_processor, min_scale: float = 0.5, max_scale: float = 2.0, color_jitter: float = 0.2, hflip: bool = True,
     seed: int | None = None,
-):
+):  # fmt: skip
     """The random training augmentation (albumentations), applied after the image processor's resize (or, with
     `SegmentationDataset(native_crops=True)`, to the native-resolution crop): large-scale
     jitter (random scale in [min_scale, max_scale], then pad / random crop back to the processor's size),
@@ -904,10 +858,8 @@ def build_augmentation(
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
     if color_jitter > 0:
-        steps.append(
-            A.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter,
-                          hue=min(color_jitter / 4, 0.5), p=0.8)
-        )  # fmt: skip
+        jitter = {"brightness": color_jitter, "contrast": color_jitter, "saturation": color_jitter}
+        steps.append(A.ColorJitter(**jitter, hue=min(color_jitter / 4, 0.5), p=0.8))
     return A.Compose(steps, seed=seed)
 
 
@@ -922,6 +874,7 @@ def apply_transform(transform, sample: Sample) -> Sample:
     return replace(sample, image=out["image"], masks=np.asarray(out["masks"], np.uint8)[: len(sample.masks)])
 
 
+@dataclass(eq=False)
 class SegmentationDataset(torch.utils.data.Dataset):
     """A source's samples as Mask2Former inputs for one task, preprocessed by the model's image processor.
 
@@ -953,21 +906,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
         seed: the random draws' seed (give each process of a distributed run its own value).
     """
 
-    def __init__(
-        self, source, task: str, image_processor, augmentation=None, for_evaluation: bool = False, seed: int = 0,
-        native_crops: bool = False,
-    ):  # fmt: skip
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-        processor_size(image_processor)
-        self.source = source
-        self.task = task
-        self.image_processor = image_processor
-        self.augmentation = augmentation
-        self.for_evaluation = for_evaluation
-        self.seed = seed
-        self.native_crops = native_crops
-        self.epoch = 0
+    source: Any
+    task: str
+    image_processor: Any
+    augmentation: Any = None
+    for_evaluation: bool = False
+    seed: int = 0
+    native_crops: bool = False
+    epoch: int = 0
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        processor_size(self.image_processor)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -991,11 +942,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             self.augmentation.set_random_seed(int(rng.integers(2**32)))
             sample = apply_transform(self.augmentation, sample)
         mask_labels, class_labels = training_targets(sample, self.task)
-        item = {
-            "pixel_values": pixel_values_of(sample.image, self.image_processor),
-            "mask_labels": torch.from_numpy(mask_labels),
-            "class_labels": torch.from_numpy(class_labels),
-        }
+        item = {"pixel_values": pixel_values_of(sample.image, self.image_processor),
+                "mask_labels": torch.from_numpy(mask_labels), "class_labels": torch.from_numpy(class_labels)}  # fmt: skip
         if self.for_evaluation:
             item["dataset_index"] = index
         return item
@@ -1007,6 +955,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return tuple(sample.image.shape[:2]), evaluation_ground_truth(sample, self.task)
 
 
+@dataclass
 class SegmentationCollator:
     """Batches `SegmentationDataset` items: pads images (and masks) with zeros to the largest size, rounded up to a
     multiple of `pad_to_multiple_of` (as the image processor pads), with `pixel_mask` marking real pixels;
@@ -1014,8 +963,7 @@ class SegmentationCollator:
     long tensor when the items carry it.
     """
 
-    def __init__(self, pad_to_multiple_of: int = INPUT_SIZE_MULTIPLE):
-        self.pad_to_multiple_of = pad_to_multiple_of
+    pad_to_multiple_of: int = INPUT_SIZE_MULTIPLE
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         multiple = self.pad_to_multiple_of
@@ -1025,12 +973,11 @@ class SegmentationCollator:
         def pad(tensor: torch.Tensor) -> torch.Tensor:  # zeros below and to the right
             return torch.nn.functional.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]))
 
-        batch = {
-            "pixel_values": torch.stack([pad(item["pixel_values"]) for item in items]),
-            "pixel_mask": torch.stack([pad(torch.ones(item["pixel_values"].shape[1:], dtype=torch.long)) for item in items]),
-            "mask_labels": [pad(item["mask_labels"]) for item in items],
-            "class_labels": [item["class_labels"] for item in items],
-        }
+        ones = [torch.ones(item["pixel_values"].shape[1:], dtype=torch.long) for item in items]
+        batch = {"pixel_values": torch.stack([pad(item["pixel_values"]) for item in items]),
+                 "pixel_mask": torch.stack([pad(one) for one in ones]),
+                 "mask_labels": [pad(item["mask_labels"]) for item in items],
+                 "class_labels": [item["class_labels"] for item in items]}  # fmt: skip
         if "dataset_index" in items[0]:
             batch["dataset_index"] = torch.tensor([int(item["dataset_index"]) for item in items], dtype=torch.long)
         return batch
@@ -1079,58 +1026,31 @@ class InstanceCount:
     exact: bool = True
 
 
-def _densest(counts) -> tuple[int, str]:
-    # The first of the largest (count, where) pairs; (0, "") for none.
-    return max(counts, key=lambda pair: pair[0], default=(0, ""))
-
-
 def count_instances(source, task: str = "instance", max_rows: int = 2000) -> InstanceCount | None:
     """The densest image of a source, counted without decoding images or masks where possible.
 
-    COCO: from the JSON annotations (per image id). A source with a `count_instances(task)` method: its answer.
-    Hugging Face format: the instance-id channel of the annotation PNGs of the first `max_rows` rows. A
+    Each source's `segment_classes(index)` gives the classes of an image's segments: COCO from the JSON annotations
+    (every image), label images and the Hugging Face format from their label images / annotation PNGs (the first
+    `max_rows`). A source with a `count_instances(task)` method (synthetic data) answers itself. A
     `torch.utils.data.Subset` (`--max_train_samples`) counts its images only. None for the semantic task (one
     segment per class present, so the count is bounded by the number of classes) or an unknown source.
     """
     if task == "semantic" or source is None:
         return None
-    indices = None
+    rows = list(range(len(source)))
     if isinstance(source, torch.utils.data.Subset):
-        source, indices = source.dataset, list(source.indices)
-    if isinstance(source, CocoSegmentationSource):
-        images = source.images if indices is None else [source.images[i] for i in indices]
-        things = source.label_map.thing_ids
-
-        def coco_count(anns: list[dict]) -> int:
-            stuff = len({a["label"] for a in anns if a["label"] not in things}) if task == "panoptic" else 0
-            return sum(1 for a in anns if a["label"] in things and not a["iscrowd"]) + stuff
-
-        largest, where = _densest((coco_count(source.annotations[info["id"]]), info["path"]) for info in images)
-        return InstanceCount(largest, where, len(images))
-    if hasattr(source, "count_instances"):  # e.g. synthetic.SyntheticSegmentationSource
+        source, rows = source.dataset, list(source.indices)
+    if hasattr(source, "count_instances"):
         return source.count_instances(task)
-    if isinstance(source, HFSegmentationSource):
-        all_rows = list(range(len(source))) if indices is None else indices
-        rows = all_rows[:max_rows]
-        annotations = source.dataset.select_columns(["annotation"])  # the images need not be decoded
-
-        def png_count(annotation: np.ndarray) -> int:
-            if annotation.ndim == 2:  # semantic ids only: no instances
-                return len(np.unique(annotation)) if task == "panoptic" else 0
-            semantic, instance = annotation[..., 0], annotation[..., 1]
-            stuff = len(np.unique(semantic[instance == 0])) if task == "panoptic" else 0
-            return len(np.unique(instance[instance != 0])) + stuff
-
-        largest, where = _densest(
-            (png_count(np.asarray(annotations[row]["annotation"])), f"{source.name} row {row}") for row in rows
-        )
-        return InstanceCount(largest, where, len(rows), exact=len(rows) == len(all_rows))
-    if isinstance(source, LabelImageSource):
-        pairs = source.pairs if indices is None else [source.pairs[i] for i in indices]
-        read = pairs[:max_rows]
-        largest, where = _densest((int(np.count_nonzero(np.unique(read_label_image(m)))), m) for _, m in read)
-        return InstanceCount(largest, where, len(read), exact=len(read) == len(pairs))
-    return None
+    if not hasattr(source, "segment_classes"):
+        return None
+    read = rows if isinstance(source, CocoSegmentationSource) else rows[:max_rows]
+    counts = []
+    for row in read:  # thing instances, plus one per stuff class present for the panoptic task
+        labels, things, where = source.segment_classes(row)
+        counts.append((int(things.sum()) + (len(set(labels[~things].tolist())) if task == "panoptic" else 0), where))
+    largest, where = max(counts, key=lambda pair: pair[0], default=(0, ""))  # the first of the densest
+    return InstanceCount(largest, where, len(read), exact=len(read) == len(rows))
 
 
 def require_instances(source, task: str, split: str) -> None:
