@@ -115,12 +115,11 @@ class LabelMap:
 
     def to_label(self, dataset_id: int, where: str) -> int:
         """Contiguous label id of a dataset id; `DataError` naming `where` if the id is unknown."""
-        try:
+        if int(dataset_id) in self.dataset_ids:
             return self.dataset_ids[int(dataset_id)]
-        except KeyError:
-            known = sorted(self.dataset_ids)
-            shown = ", ".join(map(str, known[:30])) + (", ..." if len(known) > 30 else "")
-            raise DataError(f"{where}: category id {dataset_id} is not in the label map (known ids: {shown}).") from None
+        known = sorted(self.dataset_ids)
+        shown = ", ".join(map(str, known[:30])) + (", ..." if len(known) > 30 else "")
+        raise DataError(f"{where}: category id {dataset_id} is not in the label map (known ids: {shown}).")
 
 
 def label_map_from_coco(coco: dict, source: str = "") -> LabelMap:
@@ -149,7 +148,8 @@ def label_map_from_coco(coco: dict, source: str = "") -> LabelMap:
     names = [f"{c['name']}_{c['id']}" if counts[str(c["name"])] > 1 else str(c["name"]) for c in kept]
     for category, name in zip(kept, names):
         if name != str(category["name"]):
-            logger.warning("Category name %r is used by several ids; naming id %s %r.", category["name"], category["id"], name)
+            logger.warning("Category name %r is used by several ids; naming id %s %r.", category["name"],
+                           category["id"], name)  # fmt: skip
     things = frozenset(i for i, c in enumerate(kept) if int(c.get("isthing", 1)) != 0)
     return LabelMap(dict(enumerate(names)), things, {int(c["id"]): i for i, c in enumerate(kept)})
 
@@ -165,9 +165,8 @@ def check_label_maps_agree(label_map: LabelMap, coco: dict, source: str) -> None
                             f"category list.")  # fmt: skip
 
 
-def label_map_from_semantic_class_to_id(
-    semantic_class_to_id: dict[str, int], do_reduce_labels: bool = False, thing_dataset_ids: Sequence[int] | None = None
-) -> LabelMap:
+def label_map_from_semantic_class_to_id(semantic_class_to_id: dict[str, int], do_reduce_labels: bool = False,
+                                        thing_dataset_ids: Sequence[int] | None = None) -> LabelMap:  # fmt: skip
     """Label map of a dataset in transformers' example format (`semantic_class_to_id`, name -> semantic id).
 
     With `do_reduce_labels`, semantic id 0 is background (ignored) and the other ids shift down by one, as in
@@ -305,13 +304,12 @@ class Sample:
 def expand_id_map(id_map: np.ndarray, ids: Sequence[int]) -> np.ndarray:
     """`(len(ids), H, W)` bool masks `id_map == id` for each id, written in one pass over the pixels."""
     ids = np.asarray(ids, np.int64).reshape(-1)
+    row = np.full(max(ids.max(initial=0), id_map.max(initial=0)) + 1, -1, np.int64)  # id -> its mask's row
+    row[ids] = np.arange(len(ids))
+    rows = row[id_map.ravel()]
+    pixels = np.flatnonzero(rows >= 0)
     masks = np.zeros((len(ids), id_map.size), bool)
-    if len(ids):
-        row = np.full(max(int(ids.max()), int(id_map.max())) + 1, -1, np.int64)
-        row[ids] = np.arange(len(ids))
-        rows = row[id_map.ravel()]
-        pixels = np.flatnonzero(rows >= 0)
-        masks[rows[pixels], pixels] = True
+    masks[rows[pixels], pixels] = True
     return masks.reshape(len(ids), *id_map.shape)
 
 
@@ -400,33 +398,31 @@ class CocoSegmentationSource:
         skipped, total = sum(self.skipped.values()), len(coco["annotations"])
         if skipped * 2 > total:  # one line, not thousands (e.g. a box-only detection export)
             reasons = "; ".join(f"{count} {reason}" for reason, count in self.skipped.items())
-            logger.warning("%s: skipped %d of %d annotations: %s.", annotation_file, skipped, total, reasons)
-        else:
-            for note in notes:
-                logger.warning(note)
-            if skipped:
-                logger.warning("%s: skipped %d annotation(s) without a usable segmentation (see above).", annotation_file, skipped)
+            notes = [f"{annotation_file}: skipped {skipped} of {total} annotations: {reasons}."]
+        elif skipped:
+            notes.append(f"{annotation_file}: skipped {skipped} annotation(s) without a usable segmentation (see above).")
+        for note in notes:
+            logger.warning(note)
 
     def _check_segmentation(self, segmentation: Any, size: tuple[int, int], where: str, notes: list[str]):
         """The segmentation in a form pycocotools decodes, or None (counted in `skipped`, with a note) if it has no
         usable outline."""
-        if isinstance(segmentation, list):
-            polygons = []
-            for polygon in segmentation:
-                if isinstance(polygon, list) and len(polygon) >= 6 and not len(polygon) % 2:
-                    polygons.append([float(v) for v in polygon])
-                else:
-                    points = len(polygon) // 2 if isinstance(polygon, list) else 0
-                    notes.append(f"{where}: dropped a polygon with {points} point(s) (a polygon needs at least 3).")
-            if polygons:
-                return polygons
-            reason, note = "without a polygon of at least 3 points", "skipped, no polygon with at least 3 points"
-        elif isinstance(segmentation, dict):
+        if isinstance(segmentation, dict):
             if "counts" not in segmentation or "size" not in segmentation:
                 raise DataError(f"{where}: RLE segmentation needs 'counts' and 'size', got keys {sorted(segmentation)}.")
             if [int(s) for s in segmentation["size"]] != list(size):
                 raise DataError(f"{where}: RLE size {segmentation['size']} differs from the image's height/width {list(size)}.")
             return segmentation
+        parts = segmentation if isinstance(segmentation, list) else []
+        polygons = [[float(v) for v in p] for p in parts if isinstance(p, list) and len(p) >= 6 and not len(p) % 2]
+        for part in parts:  # the parts with fewer than 3 (x, y) points
+            if not (isinstance(part, list) and len(part) >= 6 and not len(part) % 2):
+                points = len(part) // 2 if isinstance(part, list) else 0
+                notes.append(f"{where}: dropped a polygon with {points} point(s) (a polygon needs at least 3).")
+        if polygons:
+            return polygons
+        if isinstance(segmentation, list):
+            reason, note = "without a polygon of at least 3 points", "skipped, no polygon with at least 3 points"
         else:
             reason = "without a segmentation (boxes alone cannot train masks: export with masks or polygons)"
             note = "skipped, no segmentation (boxes alone cannot train masks)"
@@ -465,10 +461,8 @@ class CocoSegmentationSource:
         areas = mask_utils.area(rles) if rles else np.zeros(0)
         anns, rles = [a for a, s in zip(anns, areas) if s], [r for r, s in zip(rles, areas) if s]
         # Masks that do not overlap (their union's area is the sum of theirs) become one id map, not N masks.
-        if rles and mask_utils.area(mask_utils.merge(rles)) == areas.sum():
-            masks = id_map_of((mask_utils.decode(r) for r in rles), (height, width))
-        else:
-            masks = [mask_utils.decode(r) for r in rles]
+        overlap = not rles or mask_utils.area(mask_utils.merge(rles)) != areas.sum()
+        masks = [mask_utils.decode(r) for r in rles] if overlap else id_map_of(map(mask_utils.decode, rles), (height, width))
         labels = [a["label"] for a in anns]
         return Sample(image, masks, labels, [a["iscrowd"] for a in anns], [label in self.label_map.thing_ids for label
                       in labels], image_id=info["id"], file_name=info["path"])  # fmt: skip
@@ -504,13 +498,15 @@ def find_label_image_pairs(split_dir: str) -> list[tuple[str, str]] | None:
             else:
                 images[stem.removesuffix("_img")] = path
         layout = f"Cellpose layout: NAME.tif or NAME_img.tif beside NAME_masks.tif; a COCO folder needs {ROBOFLOW_JSON}"
-    for found, missing, what in ((images, masks, "image without a label image"), (masks, images, "label image without an image")):
+    for found, missing, what in ((images, masks, "image without a label image"),
+                                 (masks, images, "label image without an image")):  # fmt: skip
         lonely = sorted(found.keys() - missing.keys())
         if lonely:
             raise DataError(f"{found[lonely[0]]}: {what} ({layout}); {len(lonely)} such file(s) in {split_dir}.")
     if not images:
-        raise DataError(f"{split_dir}: empty split, no image / label image pairs (StarDist layout: images/NAME.tif with "
-                        f"masks/NAME.tif; Cellpose layout: NAME.tif or NAME_img.tif beside NAME_masks.tif; TIFF or PNG).")  # fmt: skip
+        raise DataError(f"{split_dir}: empty split, no image / label image pairs (StarDist layout: images/NAME.tif "
+                        f"with masks/NAME.tif; Cellpose layout: NAME.tif or NAME_img.tif beside NAME_masks.tif; TIFF "
+                        f"or PNG).")  # fmt: skip
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 
@@ -555,8 +551,9 @@ class LabelImageSource:
         image = load_image(image_path)
         label_image = read_label_image(mask_path)
         if label_image.shape != image.shape[:2]:
-            raise DataError(f"{mask_path}: label image of {label_image.shape[1]}x{label_image.shape[0]} pixels but its "
-                            f"image {image_path} is {image.shape[1]}x{image.shape[0]}; they must be the same size.")  # fmt: skip
+            raise DataError(f"{mask_path}: label image of {label_image.shape[1]}x{label_image.shape[0]} pixels but "
+                            f"its image {image_path} is {image.shape[1]}x{image.shape[0]}; they must be the same "
+                            f"size.")  # fmt: skip
         # Values renumbered 1..N in order (0 stays background): the label image is already an id map.
         ids, inverse = np.unique(label_image, return_inverse=True)
         id_map = inverse.reshape(label_image.shape).astype(np.int32) + int(ids[0] != 0)
@@ -567,9 +564,8 @@ class LabelImageSource:
                       is_instance=np.ones(n, bool), image_id=index, file_name=image_path)  # fmt: skip
 
 
-def segments_from_annotation_png(
-    annotation: np.ndarray, label_map: LabelMap, do_reduce_labels: bool, where: str
-) -> tuple[np.ndarray, list[int], list[bool]]:
+def segments_from_annotation_png(annotation: np.ndarray, label_map: LabelMap, do_reduce_labels: bool,
+                                 where: str) -> tuple[np.ndarray, list[int], list[bool]]:  # fmt: skip
     """Segments of a transformers-example annotation (channel 0 semantic id, channel 1 instance id).
 
     Every non-zero instance id is one instance (its class is the most common semantic id under it); pixels with
@@ -631,12 +627,8 @@ class HFSegmentationSource:
 
 def thing_semantic_ids(dataset) -> list[int]:
     """Semantic ids that appear with a non-zero instance id anywhere in `dataset` (decodes every annotation)."""
-    things = set()
-    for annotation in dataset["annotation"]:
-        array = np.asarray(annotation)
-        if array.ndim == 3:
-            things.update(np.unique(array[..., 0][array[..., 1] != 0]).tolist())
-    return sorted(int(t) for t in things)
+    arrays = (np.asarray(annotation) for annotation in dataset["annotation"])
+    return sorted({int(t) for array in arrays if array.ndim == 3 for t in np.unique(array[..., 0][array[..., 1] != 0])})
 
 
 def load_hf_dataset(name_or_path: str, token: str | None = None, trust_remote_code: bool = False):
@@ -766,10 +758,9 @@ def processor_size(image_processor) -> tuple[int, int]:
     size = image_processor.size
     height, width = getattr(size, "height", None), getattr(size, "width", None)
     if not height or not width:
-        raise ValueError(
-            f"The image processor resizes to {size}, not to a fixed size: build it with size={{'height': H, "
-            f"'width': W}} (e.g. Mask2FormerDINOv3ImageProcessor(size={{'height': 512, 'width': 512}}))."
-        )
+        raise ValueError(f"The image processor resizes to {size}, not to a fixed size: build it with "
+                         f"size={{'height': H, 'width': W}} (e.g. Mask2FormerDINOv3ImageProcessor(size={{'height': "
+                         f"512, 'width': 512}})).")  # fmt: skip
     check_input_size(height, width, name="the image processor's size")
     return int(height), int(width)
 
@@ -803,10 +794,8 @@ def random_crop_window(image_size: tuple[int, int], crop_size: tuple[int, int], 
     """A uniformly placed `crop_size` window inside an image of `image_size` `(height, width)`; in a dimension where
     the image is smaller than the crop, the window is the whole image (the collator then pads it, as the image
     processor pads)."""
-    (height, width), (crop_h, crop_w) = image_size, crop_size
-    crop_h, crop_w = min(crop_h, height), min(crop_w, width)
-    top = int(rng.integers(0, height - crop_h + 1))
-    left = int(rng.integers(0, width - crop_w + 1))
+    crop_h, crop_w = min(crop_size[0], image_size[0]), min(crop_size[1], image_size[1])
+    top, left = (int(rng.integers(0, side - crop + 1)) for side, crop in zip(image_size, (crop_h, crop_w)))
     return Window(top, left, top + crop_h, left + crop_w)
 
 
@@ -848,13 +837,10 @@ def build_augmentation(
         raise ValueError(f"--min_scale/--max_scale: need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}.")
     steps = []
     if (min_scale, max_scale) != (1.0, 1.0):
-        steps += [
-            A.RandomScale(scale_limit=(min_scale - 1.0, max_scale - 1.0), interpolation=cv2.INTER_LINEAR,
-                          mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
-            A.PadIfNeeded(min_height=height, min_width=width, border_mode=cv2.BORDER_CONSTANT,
-                          fill=0, fill_mask=0, position="random"),
-            A.RandomCrop(height, width),
-        ]  # fmt: skip
+        steps += [A.RandomScale(scale_limit=(min_scale - 1.0, max_scale - 1.0), interpolation=cv2.INTER_LINEAR,
+                                mask_interpolation=cv2.INTER_NEAREST_EXACT, p=1.0),
+                  A.PadIfNeeded(min_height=height, min_width=width, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0,
+                                position="random"), A.RandomCrop(height, width)]  # fmt: skip
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
     if color_jitter > 0:
@@ -880,7 +866,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     Every item goes through the same steps as an image at inference: the image processor's intensity normalisation
     (images that are not 8-bit only), its `resize` (its filter; masks nearest), then, for training only, the random
-    `augmentation`, then the processor's rescaling and normalisation. Without augmentation, `pixel_values` equal `image_processor(images=image)["pixel_values"][0]`.
+    `augmentation`, then the processor's rescaling and normalisation. Without augmentation, `pixel_values` equal
+    `image_processor(images=image)["pixel_values"][0]`.
 
     With `native_crops`, nothing is resized (as tiled inference, `mask2former_dinov3.tiling`, sees its windows):
     a training item is a random window of the processor's size cut from the image at its own resolution
@@ -992,10 +979,8 @@ class EpochCallback(TrainerCallback):
 
     def __init__(self, dataset: SegmentationDataset, args):
         if args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
-            raise ValueError(
-                "--dataloader_persistent_workers: persistent workers keep the first epoch's dataset and would repeat "
-                "its augmentations every epoch (and break exact resume); leave it off."
-            )
+            raise ValueError("--dataloader_persistent_workers: persistent workers keep the first epoch's dataset and would "
+                             "repeat its augmentations every epoch (and break exact resume); leave it off.")  # fmt: skip
         self.dataset = dataset
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -1060,17 +1045,16 @@ def require_instances(source, task: str, split: str) -> None:
     otherwise train on nothing and end with exit code 0); in another split it is a warning (its AP means nothing).
     """
     count = None if task == "semantic" else count_instances(source, "instance")
-    if count is None or count.largest > 0:
+    if count is None or count.largest > 0 or not count.exact:  # not exact: only the first rows were read
         return
     inner = source.dataset if isinstance(source, torch.utils.data.Subset) else source
     reasons = "; ".join(f"{n} {reason}" for reason, n in getattr(inner, "skipped", Counter()).items())
     where = getattr(inner, "annotation_file", None) or getattr(inner, "name", "")
     why = f"skipped {reasons}" if reasons else f"none of its {count.counted} image(s) has an annotated instance"
     message = f"The {split} split ({where}) has no usable instance for the {task} task: {why}."
-    if split != "train":
-        logger.warning("%s Its AP will be 0 or undefined.", message)
-        return
-    raise DataError(f"{message} Nothing to train on: annotate instances with masks or polygons.")
+    if split == "train":
+        raise DataError(f"{message} Nothing to train on: annotate instances with masks or polygons.")
+    logger.warning("%s Its AP will be 0 or undefined.", message)
 
 
 # --------------------------------------------------------------------------------------------------------------------
