@@ -1,6 +1,6 @@
 """Datasets, augmentation and collation for fine-tuning Mask2FormerDINOv3.
 
-Three kinds of source give the same `Sample` (an RGB image, possibly overlapping binary masks, contiguous label ids):
+Four kinds of source give the same `Sample` (an image, its segments as masks or an id map, contiguous label ids):
 
 * `CocoSegmentationSource`: a COCO instance JSON and its image folder (Roboflow's layout is `train/_annotations.coco.json`
   with the images beside it). Polygons and RLE (compressed and uncompressed) are decoded with pycocotools.
@@ -18,7 +18,13 @@ same code. albumentations adds only the random training augmentation in between 
 flip, colour jitter). `SegmentationCollator` pads a batch. Evaluation items carry their dataset index; the metrics
 look the ground truth up with `SegmentationDataset.ground_truth(index)` (at the image's original resolution).
 Ground truth per task lives here only: `training_targets` (what the loss sees) and `evaluation_ground_truth` (what
-the metrics see).
+the metrics see), both as bool masks.
+
+Labels stay compact: segments that cannot overlap (label images; COCO and HF annotations without overlaps) travel
+as one integer id map (`Sample.masks` of shape `(H, W)`) through resize, crop and augmentation, and become `(N, H, W)`
+bool masks only at the end, with the same pixels as mask-by-mask processing. A training item's random draws come
+from `(seed, epoch, index)` alone (`SegmentationDataset`, `EpochCallback`), so a resumed run draws what the
+uninterrupted run drew, with or without DataLoader workers.
 
 Bad input is either handled or rejected with a `DataError` naming the file and the problem:
 
@@ -28,8 +34,12 @@ Bad input is either handled or rejected with a `DataError` naming the file and t
   percentiles by default), so that training, evaluation, inference and the overlays see the same pixels;
 * images of any size are resized to the image processor's size first, so an image smaller than it is upsampled
   (with `native_crops`, nothing is resized: training cuts random windows of that size at native resolution);
-* an annotation whose polygons all have fewer than 3 points is skipped with a warning naming the file and the
-  annotation id (one bad outline should not stop a long run); a polygon part with fewer than 3 points is dropped;
+* an annotation whose polygons all have fewer than 3 points, or without a segmentation (a box-only export), is
+  skipped with a warning naming the file and the annotation id (one bad outline should not stop a long run); when
+  more than half of a file's annotations are skipped, one summary warning (counts and reasons) replaces those lines;
+  a polygon part with fewer than 3 points is dropped;
+* a train split without a usable instance (instance / panoptic task) is a `DataError` naming the split, what was
+  skipped and why (`require_instances`); a validation split without one gets a warning;
 * a missing image file, a corrupt or truncated JSON, a category id that is not in the label map, an RLE whose size
   is not the image's, an image whose size is not the one its JSON states: `DataError`;
 * an image without annotations is kept: it trains the "no object" class (the loss stays finite).
