@@ -667,18 +667,14 @@ def semantic_class_to_id_of(dataset, name: str) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def paint_order(sample: Sample) -> np.ndarray:
-    """Segment indices by decreasing area: painted in this order, small objects stay visible on top of large."""
-    return np.argsort(-sample.areas(), kind="stable")
-
-
 def painted_segments(sample: Sample) -> np.ndarray:
     """`(H, W)` int32 map of `1 + index` of the segment on top at each pixel (0: none), larger segments painted
-    first (`paint_order`); an id map as it is (its segments cannot overlap)."""
+    first, so that small objects stay visible on top of large ones; an id map as it is (its segments cannot
+    overlap)."""
     if sample.is_id_map:
         return sample.masks
     painted = np.zeros(sample.image.shape[:2], np.int32)
-    for index in paint_order(sample):
+    for index in np.argsort(-sample.areas(), kind="stable"):  # larger segments first
         painted[sample.masks[index].astype(bool)] = index + 1
     return painted
 
@@ -693,7 +689,7 @@ def panoptic_segments(sample: Sample) -> tuple[np.ndarray, list[dict]]:
     infos: list[dict] = []
     ids: dict[tuple[str, int], int] = {}  # an instance or crowd region: its own segment; stuff: one per class
     segment_of = np.zeros(len(sample.labels) + 1, np.int32)  # 1 + segment index -> segment id
-    for index in paint_order(sample):
+    for index in np.argsort(-sample.areas(), kind="stable"):  # the order `painted_segments` paints in
         label, thing, crowd = int(sample.labels[index]), bool(sample.is_instance[index]), bool(sample.iscrowd[index])
         key = ("segment", index) if thing or crowd else ("stuff", label)
         if key not in ids:
@@ -967,8 +963,9 @@ class SegmentationCollator:
         height = math.ceil(max(item["pixel_values"].shape[1] for item in items) / multiple) * multiple
         width = math.ceil(max(item["pixel_values"].shape[2] for item in items) / multiple) * multiple
 
-        def pad(tensor: torch.Tensor) -> torch.Tensor:  # zeros below and to the right
-            return torch.nn.functional.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]))
+        def pad(tensor: torch.Tensor) -> torch.Tensor:  # zeros below and to the right; no copy of what needs none
+            right, bottom = width - tensor.shape[-1], height - tensor.shape[-2]
+            return torch.nn.functional.pad(tensor, (0, right, 0, bottom)) if right or bottom else tensor
 
         ones = [torch.ones(item["pixel_values"].shape[1:], dtype=torch.long) for item in items]
         batch = {"pixel_values": torch.stack([pad(item["pixel_values"]) for item in items]),

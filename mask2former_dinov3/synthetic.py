@@ -39,8 +39,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from .data import InstanceCount, LabelMap, Sample, id_map_of, to_rgb_array
-
 
 __all__ = [
     "CLASSES",
@@ -505,7 +503,8 @@ def write_coco_dataset(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The synthetic set as a fine-tuning data source (`mask2former_dinov3.data.Sample`)
+# The synthetic set as a fine-tuning data source (`mask2former_dinov3.data.Sample`). The generator above imports
+# nothing of the package (it runs as a standalone file); the adapter imports `data` when used.
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -553,12 +552,16 @@ class SyntheticSegmentationSource:
 
     def count_instances(self, task: str) -> InstanceCount:
         """The generator's `max_instances` (plus the stuff classes for the panoptic task): an upper bound."""
+        from .data import InstanceCount
+
         stuff = len(self.label_map.stuff_ids) if task == "panoptic" else 0
         return InstanceCount(self.config.max_instances + stuff, f"synthetic {self.split}", len(self), exact=False)
 
 
 def synthetic_label_map(with_stuff: bool) -> LabelMap:
     """Label map of the synthetic data: the thing classes, plus the stuff classes when `with_stuff`."""
+    from .data import LabelMap
+
     names = CLASSES if with_stuff else THING_CLASSES
     return LabelMap(id2label=dict(enumerate(names)), thing_ids=frozenset(range(len(THING_CLASSES))))
 
@@ -566,6 +569,8 @@ def synthetic_label_map(with_stuff: bool) -> LabelMap:
 def synthetic_to_sample(item: SyntheticSample, with_stuff: bool) -> Sample:
     """A `Sample` of a `SyntheticSample`: its visible instance masks, plus the stuff regions if asked; they never
     overlap, so they come as one id map."""
+    from .data import Sample, id_map_of, to_rgb_array
+
     masks = list(item.masks)
     labels = [int(label) for label in item.labels]
     is_instance = [True] * len(labels)

@@ -132,3 +132,15 @@ def test_id_map_of_and_expand_id_map_round_trip():
     masks = expand_id_map(id_map, np.arange(1, len(labels) + 1))
     np.testing.assert_array_equal(id_map_of(masks, id_map.shape), id_map)
     np.testing.assert_array_equal(expand_id_map(id_map, [0]), (id_map == 0)[None])
+
+
+def test_collator_keeps_bool_masks_and_copies_none_that_need_no_padding():
+    from mask2former_dinov3.data import SegmentationCollator
+
+    masks = torch.ones(3, 64, 96, dtype=torch.bool)
+    items = [{"pixel_values": torch.zeros(3, 64, 96), "mask_labels": masks, "class_labels": torch.zeros(3, dtype=torch.long)},
+             {"pixel_values": torch.zeros(3, 50, 96), "mask_labels": masks[:, :50], "class_labels": torch.zeros(3, dtype=torch.long)}]  # fmt: skip
+    batch = SegmentationCollator()(items)
+    assert batch["mask_labels"][0] is masks  # already 64 x 96: 2 GB of masks at 2,000 cells are not copied
+    assert batch["mask_labels"][1].dtype == torch.bool and batch["mask_labels"][1].shape == (3, 64, 96)
+    assert batch["mask_labels"][1][:, :50].all() and not batch["mask_labels"][1][:, 50:].any()
