@@ -61,6 +61,7 @@ import tifffile
 import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset, Subset
 from transformers import TrainerCallback
 
 from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, check_input_size
@@ -812,11 +813,9 @@ def crop_sample(sample: Sample, window: Window) -> Sample:
     sample = replace(sample, image=np.ascontiguousarray(sample.image[rows, cols]),
                      masks=np.ascontiguousarray(sample.masks[..., rows, cols]))  # fmt: skip
     keep = np.flatnonzero(sample.areas())
-    if not sample.is_id_map:
-        return sample.select(keep, sample.masks[keep])
-    renumber = np.zeros(len(sample.labels) + 1, np.int32)
+    renumber = np.zeros(len(sample.labels) + 1, np.int32)  # an id map's kept segments become 1..len(keep)
     renumber[keep + 1] = np.arange(1, len(keep) + 1)
-    return sample.select(keep, renumber[sample.masks])
+    return sample.select(keep, renumber[sample.masks] if sample.is_id_map else sample.masks[keep])
 
 
 def pixel_values_of(image: np.ndarray, image_processor) -> torch.Tensor:
@@ -867,7 +866,7 @@ def apply_transform(transform, sample: Sample) -> Sample:
 
 
 @dataclass(eq=False)
-class SegmentationDataset(torch.utils.data.Dataset):
+class SegmentationDataset(Dataset):
     """A source's samples as Mask2Former inputs for one task, preprocessed by the model's image processor.
 
     Every item goes through the same steps as an image at inference: the image processor's intensity normalisation
@@ -1030,7 +1029,7 @@ def count_instances(source, task: str = "instance", max_rows: int = 2000) -> Ins
     if task == "semantic" or source is None:
         return None
     rows = list(range(len(source)))
-    if isinstance(source, torch.utils.data.Subset):
+    if isinstance(source, Subset):
         source, rows = source.dataset, list(source.indices)
     if hasattr(source, "count_instances"):
         return source.count_instances(task)
@@ -1046,18 +1045,20 @@ def count_instances(source, task: str = "instance", max_rows: int = 2000) -> Ins
 
 
 def require_instances(source, task: str, split: str) -> None:
-    """Check that a split holds at least one instance (instance / panoptic task; things that are not crowd regions).
+    """Check that a split holds at least one instance (instance / panoptic task; things that are not crowd regions),
+    reading its images' `segment_classes` until the first instance.
 
     No instance in the train split is a `DataError` naming the split, what was skipped and why (a run would
     otherwise train on nothing and end with exit code 0); in another split it is a warning (its AP means nothing).
     """
-    count = None if task == "semantic" else count_instances(source, "instance")
-    if count is None or count.largest > 0 or not count.exact:  # not exact: only the first rows were read
+    inner, rows = (source.dataset, source.indices) if isinstance(source, Subset) else (source, range(len(source)))
+    if task == "semantic" or not hasattr(inner, "segment_classes"):
         return
-    inner = source.dataset if isinstance(source, torch.utils.data.Subset) else source
+    if any(inner.segment_classes(row)[1].any() for row in rows):
+        return
     reasons = "; ".join(f"{n} {reason}" for reason, n in getattr(inner, "skipped", Counter()).items())
     where = getattr(inner, "annotation_file", None) or getattr(inner, "name", "")
-    why = f"skipped {reasons}" if reasons else f"none of its {count.counted} image(s) has an annotated instance"
+    why = f"skipped {reasons}" if reasons else f"none of its {len(rows)} image(s) has an annotated instance"
     message = f"The {split} split ({where}) has no usable instance for the {task} task: {why}."
     if split == "train":
         raise DataError(f"{message} Nothing to train on: annotate instances with masks or polygons.")
