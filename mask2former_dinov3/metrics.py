@@ -41,6 +41,7 @@ __all__ = [
 
 _NAN = float("nan")
 COCO_MAX_DETECTIONS = 100
+ENCODE_CHUNK_PIXELS = 2**25  # mask pixels encoded at once (32 MB of uint8)
 
 
 def _to_numpy(array: Any) -> np.ndarray:
@@ -104,9 +105,11 @@ def _masks(masks: Any, what: str) -> np.ndarray:
 
 
 def _encode(masks: np.ndarray) -> list[dict]:
-    if not len(masks):
-        return []
-    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0) != 0, dtype=np.uint8))
+    # pycocotools encodes (H, W, N) Fortran-ordered uint8, a copy: made a chunk of masks at a time, it stays small
+    # however many instances there are (2,000 masks at 1024 px would be 2 GB at once).
+    step = max(1, ENCODE_CHUNK_PIXELS // max(1, masks[0].size if len(masks) else 1))
+    return [rle for start in range(0, len(masks), step) for rle in mask_utils.encode(
+        np.asfortranarray(masks[start : start + step].transpose(1, 2, 0) != 0, dtype=np.uint8))]  # fmt: skip
 
 
 def _labels(values: Any, count: int, what: str, dtype=np.int64) -> np.ndarray:
@@ -128,7 +131,7 @@ def instance_prediction_from_post_processed(result: Mapping, image_size: tuple[i
     if not segments:
         masks = np.zeros((0, *(image_size or segmentation.shape[-2:])), dtype=bool)
     elif segmentation.ndim == 3 and len(segmentation) == len(segments):
-        masks = segmentation.astype(bool)
+        masks = segmentation.astype(bool, copy=False)
     else:
         raise ValueError(f"Expected one (H, W) binary map per segment ({len(segments)}); got segmentation of shape "
                          f"{segmentation.shape}. Post-process with return_binary_maps=True.")  # fmt: skip

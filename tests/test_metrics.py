@@ -176,6 +176,25 @@ def test_instance_bad_input_errors_name_the_fix():
         )
 
 
+def test_many_large_masks_are_encoded_a_chunk_at_a_time():
+    # Dense frames: 2,000 instances at 1024 px are 2 GB of boolean masks; encoding must not copy them all at once.
+    import tracemalloc
+
+    masks = np.zeros((128, 1024, 1024), bool)  # 128 MB
+    for k in range(len(masks)):
+        masks[k, (k // 16) * 100 : (k // 16) * 100 + 40, (k % 16) * 60 : (k % 16) * 60 + 40] = True
+    evaluator = InstanceSegmentationEvaluator(max_detections=128)
+    labels = np.zeros(len(masks))
+    tracemalloc.start()
+    try:
+        evaluator.update([{"masks": masks, "labels": labels}], [{"masks": masks, "labels": labels, "scores": labels + 1}])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < masks.nbytes * 0.6, peak
+    assert evaluator.compute()["map"] == pytest.approx(1.0, abs=1e-9)
+
+
 # ------------------------------------------------------------------------------------------------- semantic
 
 
