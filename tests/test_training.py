@@ -567,3 +567,13 @@ def test_model_card_says_how_the_backbone_started_and_its_limits(tmp_path):
     # The usage section is unchanged (its snippets are run verbatim elsewhere) and stays last.
     assert pretrained.index("## Limitations") < pretrained.index("## Usage")
     assert 'pipeline("image-segmentation", model="pretrained", trust_remote_code=True)' in pretrained
+
+    # The evaluation section says how many detections per image mask AP kept (a dense model keeps its query count).
+    from mask2former_dinov3.training import ModelCardDetails, model_card_sections
+
+    metrics = {"eval_map": 0.9, "eval_max_detections": 2500.0, "eval_num_images": 3.0}
+    dense = model_card_sections(tiny_config("vit", num_labels=1, num_queries=2500),
+                                ModelCardDetails(task="instance", dataset_description="cells", metrics=metrics), "dense")  # fmt: skip
+    evaluation = dense.split("### Evaluation")[1].split("### Training settings")[0]
+    assert "map: 0.9000 on 3 images (AP with up to 2500 detections per image)." in evaluation
+    assert "with up to 2500 detections per image." in evaluation.split("Metrics:")[1]
