@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 _NAN = float("nan")
-COCO_MAX_DETECTIONS = 100
+COCO_MAX_DETECTIONS = 100  # COCO's maxDets: the cap of models with at most 100 queries, so their AP stays comparable
 ENCODE_CHUNK_PIXELS = 2**25  # mask pixels encoded at once (32 MB of uint8)
 
 
