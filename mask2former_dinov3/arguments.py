@@ -155,7 +155,7 @@ class SyntheticDataArguments:
     synthetic_seed: int = arg(0, "Offline default: generator seed.")
     synthetic_image_size: int = arg(128, "Offline default: image side in pixels.")
     synthetic_size_probabilities: str = arg(
-        "0.1,0.5,0.4", "Offline default: probabilities of small, medium and large shapes."
+        "0.1,0.5,0.4", "Offline default: probabilities of small / medium / large shapes."
     )
 
 
@@ -185,15 +185,11 @@ class SegmentationTrainingArguments(TrainingArguments):
         "--backbone_lr_multiplier and --layer_decay at the end, and bare --debug for full tracebacks)"
     )
 
-    overwrite_output_dir: bool = arg(
-        False, "Train into a non-empty --output_dir that holds a different run (no checkpoint)."
-    )
+    overwrite_output_dir: bool = arg(False, "Train into a non-empty --output_dir holding another run (no checkpoint).")
     backbone_lr_multiplier: float | None = arg(
-        None, "Backbone LR = learning_rate x this. Default: 0.1 with pretrained weights, else 1."
+        None, "Backbone LR = learning_rate x this (default: 0.1 if pretrained, else 1)."
     )
-    layer_decay: float | None = arg(
-        None, "Layer-wise LR decay for ViT backbones (e.g. 0.8): block i of L gets decay^(L-i)."
-    )
+    layer_decay: float | None = arg(None, "ViT layer-wise LR decay (e.g. 0.8): block i of L gets decay^(L-i).")
     remove_unused_columns: bool = arg(False, "Kept False: the collator needs every field.")
     # Trainer's own --debug takes values; bare, it only asks this script for full tracebacks (see `cli`).
     debug: str = arg(

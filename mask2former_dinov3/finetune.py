@@ -26,35 +26,13 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .arguments import (
-    DataTrainingArguments,
-    ModelArguments,
-    check_arguments,
-    cli,
-    crop_size,
-    parse_args,
-    run_phase,
-)
+from .arguments import DataTrainingArguments, ModelArguments, check_arguments, cli, crop_size, parse_args, run_phase
 from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config, check_input_size
 from .data import (
-    IGNORE_INDEX,
-    CocoSegmentationSource,
-    DataError,
-    HFSegmentationSource,
-    InstanceCount,
-    LabelImageSource,
-    LabelMap,
-    SegmentationCollator,
-    SegmentationDataset,
-    SyntheticSegmentationSource,
-    build_augmentation,
-    count_instances,
-    find_label_image_split,
-    find_roboflow_split,
-    label_map_from_semantic_class_to_id,
-    load_hf_dataset,
-    semantic_class_to_id_of,
-    thing_semantic_ids,
+    IGNORE_INDEX, CocoSegmentationSource, DataError, HFSegmentationSource, InstanceCount, LabelImageSource, LabelMap,
+    SegmentationCollator, SegmentationDataset, SyntheticSegmentationSource, build_augmentation, count_instances,
+    find_label_image_split, find_roboflow_split, label_map_from_semantic_class_to_id, load_hf_dataset,
+    semantic_class_to_id_of, thing_semantic_ids
 )
 from .image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
 from .loading import checkpoint_name
