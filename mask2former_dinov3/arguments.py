@@ -24,7 +24,7 @@ from typing import Literal
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, check_input_size
+from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
 from .data import DataError
 from .loading import looks_like_path
 from .presets import get_preset
@@ -288,16 +288,10 @@ def crop_size(data_args: DataTrainingArguments) -> tuple[int, int] | None:
     values = data_args.crop_to_size
     if values is None:
         return None
-    if len(values) not in (1, 2):
-        raise CommandLineError(f"--crop_to_size takes H or H W, got {len(values)} values: {' '.join(map(str, values))}.")
-    height, width = (values[0], values[0]) if len(values) == 1 else values
-    try:
-        check_input_size(height, width, name="--crop_to_size")
-    except ValueError as error:
-        raise CommandLineError(
-            f"--crop_to_size must be positive multiples of {INPUT_SIZE_MULTIPLE} (the model's coarsest stride), got "
-            f"{height}x{width}."
-        ) from error
+    height, width = (values * 2)[:2]
+    if len(values) not in (1, 2) or height <= 0 or width <= 0 or height % INPUT_SIZE_MULTIPLE or width % INPUT_SIZE_MULTIPLE:
+        raise CommandLineError(f"--crop_to_size takes H or H W, positive multiples of {INPUT_SIZE_MULTIPLE} (the "
+                               f"model's coarsest stride); got {' '.join(map(str, values))}.")  # fmt: skip
     if data_args.task == "panoptic":
         raise CommandLineError("--crop_to_size supports --task instance and semantic (tiled evaluation), not panoptic.")
     return int(height), int(width)

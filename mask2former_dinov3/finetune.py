@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -52,26 +53,20 @@ def resolve_checkpoint(training_args) -> str | bool | None:
     into an existing non-empty output_dir: resume from its last checkpoint if it has one; if it has none, it holds a
     different run and a `ValueError` is raised unless `--overwrite_output_dir`.
     """
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        return True
+    resume, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
     if resume:
-        return resume
-    output_dir = training_args.output_dir
-    if not training_args.do_train or not output_dir or not os.path.isdir(output_dir):
-        return None
-    if getattr(training_args, "overwrite_output_dir", False):
+        return True if str(resume).lower() in ("true", "last") else resume
+    if not (training_args.do_train and output_dir and os.path.isdir(output_dir)) or training_args.overwrite_output_dir:
         return None
     last = get_last_checkpoint(output_dir)
-    if last is not None:
-        logger.info("Checkpoint detected, resuming training at %s. Pass --overwrite_output_dir to start afresh.", last)
-        return last
-    if os.listdir(output_dir):
+    if last is None and os.listdir(output_dir):
         raise ValueError(
             f"Output directory ({output_dir}) already exists, is not empty and holds no checkpoint to resume: it "
             f"contains a different run. Pass --overwrite_output_dir to overwrite it, or choose another --output_dir."
         )
-    return None
+    if last is not None:
+        logger.info("Checkpoint detected, resuming training at %s. Pass --overwrite_output_dir to start afresh.", last)
+    return last
 
 
 @dataclass
@@ -222,24 +217,17 @@ def choose_num_queries(model_args: ModelArguments, count: InstanceCount | None) 
 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """`'a=1,b=0.5,c=true,d=[1,2]'` -> `{'a': 1, 'b': 0.5, 'c': True, 'd': [1, 2]}` (values parsed as JSON)."""
-    parts, depth = [""], 0
-    for char in text or "":  # split on commas outside brackets
-        depth += (char in "[{") - (char in "]}")
-        if char == "," and depth == 0:
-            parts.append("")
-        else:
-            parts[-1] += char
-    words = {"True": True, "False": False, "None": None}
+    """`'a=1,b=0.5,c=true,d=[1,2]'` -> `{'a': 1, 'b': 0.5, 'c': True, 'd': [1, 2]}` (values parsed as JSON; a
+    value may hold a list or object, not nested ones)."""
     result = {}
-    for part in filter(str.strip, parts):
+    for part in filter(str.strip, re.split(r",(?![^\[{]*[\]}])", text or "")):  # commas outside brackets
         key, found, value = (x.strip() for x in part.partition("="))
         if not found:
             raise ValueError(f"--config_overrides: expected key=value, got {part!r}.")
         try:
             result[key] = json.loads(value)
         except json.JSONDecodeError:
-            result[key] = words.get(value, value)
+            result[key] = {"True": True, "False": False, "None": None}.get(value, value)
     return result
 
 
