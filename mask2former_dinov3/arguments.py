@@ -24,7 +24,7 @@ from typing import Literal
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE, check_input_size
+from .configuration_mask2former_dinov3 import INPUT_SIZE_MULTIPLE
 from .data import DataError
 from .loading import looks_like_path
 from .presets import get_preset
@@ -46,35 +46,36 @@ MODEL_FLAGS = ("model_name_or_path", "preset", "backbone_name_or_path")
 
 
 
+def arg(default, help: str, **metadata):
+    """A dataclass field for `HfArgumentParser`: its default and its `--help` text (plus any other argparse keyword)."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
 @dataclass
 class ModelArguments:
     """Which model to fine-tune (at most one of model_name_or_path / preset / backbone_name_or_path)."""
 
     _argument_group_name = "Model (at most one of --model_name_or_path / --preset / --backbone_name_or_path)"
 
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A saved Mask2FormerDINOv3 model (folder / hub id); its head gets the data's labels."}
+    model_name_or_path: str | None = arg(
+        None, "A saved Mask2FormerDINOv3 model (folder / hub id); its head gets the data's labels."
     )
-    preset: str | None = field(default=None, metadata={"help": "A DINOv3 preset (e.g. dinov3-vits16): random-init model."})
-    backbone_name_or_path: str | None = field(
-        default=None, metadata={"help": "Pretrained DINOv3 backbone (hub id / folder / Meta .pth) for from_dinov3_pretrained."}
+    preset: str | None = arg(None, "A DINOv3 preset (e.g. dinov3-vits16): random-init model.")
+    backbone_name_or_path: str | None = arg(
+        None, "Pretrained DINOv3 backbone (hub id / folder / Meta .pth) for from_dinov3_pretrained."
     )
-    head_name_or_path: str | None = field(
-        default=None, metadata={"help": "With --backbone_name_or_path: a Mask2Former checkpoint whose head is transferred."}
+    head_name_or_path: str | None = arg(
+        None, "With --backbone_name_or_path: a Mask2Former checkpoint whose head is transferred."
     )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "Config fields of a new model, e.g. 'num_queries=50,hidden_dim=128'. Without num_queries: enough "
-            "for the densest training image (1.25 x its instances, at least 100 for --preset / --backbone_name_or_path)."
-        },
-    )
-    freeze_backbone: bool = field(default=False, metadata={"help": "Train without updating the DINOv3 backbone."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models / datasets are cached."})
-    token: str | None = field(default=None, metadata={"help": "Hugging Face Hub token (private models / datasets)."})
-    trust_remote_code: bool = field(
-        default=False,
-        metadata={"help": "Let --dataset_name run a dataset loading script from the Hub; it does not concern the model."},
+    config_overrides: str | None = arg(
+        None, "Config fields of a new model, e.g. 'num_queries=50,hidden_dim=128'. Without num_queries: enough for the "
+        "densest training image (1.25 x its instances, at least 100 for --preset / --backbone_name_or_path).",
+    )  # fmt: skip
+    freeze_backbone: bool = arg(False, "Train without updating the DINOv3 backbone.")
+    cache_dir: str | None = arg(None, "Where downloaded models / datasets are cached.")
+    token: str | None = arg(None, "Hugging Face Hub token (private models / datasets).")
+    trust_remote_code: bool = arg(
+        False, "Let --dataset_name run a dataset loading script from the Hub; it does not concern the model."
     )
 
 
@@ -84,51 +85,35 @@ class DataArguments:
 
     _argument_group_name = "Data (--data_dir, --*_annotation_file or --dataset_name; none: the offline default)"
 
-    task: Literal["instance", "semantic", "panoptic"] = field(
-        default="instance", metadata={"help": "Task: its targets, post-processing and metric (mAP, mIoU, PQ)."}
+    task: Literal["instance", "semantic", "panoptic"] = arg(
+        "instance", "Task: its targets, post-processing and metric (mAP, mIoU, PQ)."
     )
-    dataset_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "HF dataset (hub name or folder) in transformers' example format: image, annotation PNG "
-            "(channel 0 semantic id, channel 1 instance id), semantic_class_to_id."
-        },
-    )
-    data_dir: str | None = field(
-        default=None,
-        metadata={
-            "help": "train/, valid/ (test/): COCO in Roboflow's layout (_annotations.coco.json), or label images in "
-            "StarDist's (images/NAME.tif, masks/NAME.tif) or Cellpose's layout (NAME.tif or NAME_img.tif, "
-            "NAME_masks.tif)."
-        },
-    )
-    label_image_class: str = field(
-        default="cell", metadata={"help": "Label-image folders: the name of their one class (0 is background)."}
-    )
-    train_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the training split."})
-    train_image_dir: str | None = field(default=None, metadata={"help": "Its images (default: the JSON's folder)."})
-    validation_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the validation split."})
-    validation_image_dir: str | None = field(default=None, metadata={"help": "Images of the validation split."})
-    test_annotation_file: str | None = field(default=None, metadata={"help": "COCO JSON of the test split (--do_predict)."})
-    test_image_dir: str | None = field(default=None, metadata={"help": "Images of the test split."})
-    image_height: int = field(default=512, metadata={"help": "Training / inference height (multiple of 32)."})
-    image_width: int = field(default=512, metadata={"help": "Training / inference width (multiple of 32)."})
-    crop_to_size: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "H [W] (multiples of 32): train on random H x W crops at native resolution instead of resizing, "
-            "and evaluate by H x W tiles (tiling.json makes mask2former-dinov3-predict tile too). Replaces "
-            "--image_height/--image_width; instance and semantic tasks."
-        },
-    )
-    do_reduce_labels: bool = field(
-        default=False, metadata={"help": "HF format: semantic id 0 is background (ignored), the others shift by -1."}
-    )
-    train_val_split: float = field(
-        default=0.15, metadata={"help": "HF format without a validation split: fraction of train held out."}
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training images."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation images."})
+    dataset_name: str | None = arg(
+        None, "HF dataset (hub name or folder) in transformers' example format: image, annotation PNG (channel 0 "
+        "semantic id, channel 1 instance id), semantic_class_to_id.",
+    )  # fmt: skip
+    data_dir: str | None = arg(
+        None, "train/, valid/ (test/): COCO in Roboflow's layout (_annotations.coco.json), or label images in StarDist's "
+        "(images/NAME.tif, masks/NAME.tif) or Cellpose's layout (NAME.tif or NAME_img.tif, NAME_masks.tif).",
+    )  # fmt: skip
+    label_image_class: str = arg("cell", "Label-image folders: the name of their one class (0 is background).")
+    train_annotation_file: str | None = arg(None, "COCO JSON of the training split.")
+    train_image_dir: str | None = arg(None, "Its images (default: the JSON's folder).")
+    validation_annotation_file: str | None = arg(None, "COCO JSON of the validation split.")
+    validation_image_dir: str | None = arg(None, "Images of the validation split.")
+    test_annotation_file: str | None = arg(None, "COCO JSON of the test split (--do_predict).")
+    test_image_dir: str | None = arg(None, "Images of the test split.")
+    image_height: int = arg(512, "Training / inference height (multiple of 32).")
+    image_width: int = arg(512, "Training / inference width (multiple of 32).")
+    crop_to_size: list[int] | None = arg(
+        None, "H [W] (multiples of 32): train on random H x W crops at native resolution instead of resizing, and "
+        "evaluate by H x W tiles (tiling.json makes mask2former-dinov3-predict tile too). Replaces "
+        "--image_height/--image_width; instance and semantic tasks.",
+    )  # fmt: skip
+    do_reduce_labels: bool = arg(False, "HF format: semantic id 0 is background (ignored), the others shift by -1.")
+    train_val_split: float = arg(0.15, "HF format without a validation split: fraction of train held out.")
+    max_train_samples: int | None = arg(None, "Use only the first N training images.")
+    max_eval_samples: int | None = arg(None, "Use only the first N evaluation images.")
 
 
 @dataclass
@@ -137,10 +122,10 @@ class AugmentationArguments:
 
     _argument_group_name = "Augmentation (training images only)"
 
-    min_scale: float = field(default=0.5, metadata={"help": "Scale jitter: smallest random scale."})
-    max_scale: float = field(default=2.0, metadata={"help": "Scale jitter: largest random scale."})
-    color_jitter: float = field(default=0.2, metadata={"help": "Colour jitter strength (0 disables)."})
-    hflip: bool = field(default=True, metadata={"help": "Flip half of the training images horizontally at random."})
+    min_scale: float = arg(0.5, "Scale jitter: smallest random scale.")
+    max_scale: float = arg(2.0, "Scale jitter: largest random scale.")
+    color_jitter: float = arg(0.2, "Colour jitter strength (0 disables).")
+    hflip: bool = arg(True, "Flip half of the training images horizontally at random.")
 
 
 @dataclass
@@ -149,19 +134,14 @@ class EvaluationArguments:
 
     _argument_group_name = "Evaluation and outputs"
 
-    instance_threshold: float = field(
-        default=0.0, metadata={"help": "Score threshold of instance post-processing for mAP (0 keeps all queries)."}
-    )
-    panoptic_threshold: float = field(default=0.5, metadata={"help": "Score threshold of panoptic post-processing."})
-    num_overlay_images: int = field(default=4, metadata={"help": "Validation images drawn into predictions/."})
-    overlay_threshold: float = field(default=0.5, metadata={"help": "Instance score threshold of the overlays."})
-    intensity_normalization: Literal["percentile", "minmax", "fixed"] = field(
-        default="percentile",
-        metadata={
-            "help": "Images that are not 8-bit: map each image's 1st / 99.8th percentiles (or min / max, or 0..65535) "
-            "to 0..255. Saved in the image processor; 8-bit images are never changed."
-        },
-    )
+    instance_threshold: float = arg(0.0, "Score threshold of instance post-processing for mAP (0 keeps all queries).")
+    panoptic_threshold: float = arg(0.5, "Score threshold of panoptic post-processing.")
+    num_overlay_images: int = arg(4, "Validation images drawn into predictions/.")
+    overlay_threshold: float = arg(0.5, "Instance score threshold of the overlays.")
+    intensity_normalization: Literal["percentile", "minmax", "fixed"] = arg(
+        "percentile", "Images that are not 8-bit: map each image's 1st / 99.8th percentiles (or min / max, or "
+        "0..65535) to 0..255. Saved in the image processor; 8-bit images are never changed.",
+    )  # fmt: skip
 
 
 @dataclass
@@ -170,12 +150,12 @@ class SyntheticDataArguments:
 
     _argument_group_name = "Offline default data (synthetic shapes; used when no data argument is given)"
 
-    synthetic_train_samples: int = field(default=1000, metadata={"help": "Offline default: training images."})
-    synthetic_eval_samples: int = field(default=100, metadata={"help": "Offline default: validation images."})
-    synthetic_seed: int = field(default=0, metadata={"help": "Offline default: generator seed."})
-    synthetic_image_size: int = field(default=128, metadata={"help": "Offline default: image side in pixels."})
-    synthetic_size_probabilities: str = field(
-        default="0.1,0.5,0.4", metadata={"help": "Offline default: probabilities of small, medium and large shapes."}
+    synthetic_train_samples: int = arg(1000, "Offline default: training images.")
+    synthetic_eval_samples: int = arg(100, "Offline default: validation images.")
+    synthetic_seed: int = arg(0, "Offline default: generator seed.")
+    synthetic_image_size: int = arg(128, "Offline default: image side in pixels.")
+    synthetic_size_probabilities: str = arg(
+        "0.1,0.5,0.4", "Offline default: probabilities of small / medium / large shapes."
     )
 
 
@@ -205,25 +185,17 @@ class SegmentationTrainingArguments(TrainingArguments):
         "--backbone_lr_multiplier and --layer_decay at the end, and bare --debug for full tracebacks)"
     )
 
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Train into a non-empty --output_dir that holds a different run (no checkpoint)."}
+    overwrite_output_dir: bool = arg(False, "Train into a non-empty --output_dir holding another run (no checkpoint).")
+    backbone_lr_multiplier: float | None = arg(
+        None, "Backbone LR = learning_rate x this (default: 0.1 if pretrained, else 1)."
     )
-    backbone_lr_multiplier: float | None = field(
-        default=None, metadata={"help": "Backbone LR = learning_rate x this. Default: 0.1 with pretrained weights, else 1."}
-    )
-    layer_decay: float | None = field(
-        default=None, metadata={"help": "Layer-wise LR decay for ViT backbones (e.g. 0.8): block i of L gets decay^(L-i)."}
-    )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every field."})
+    layer_decay: float | None = arg(None, "ViT layer-wise LR decay (e.g. 0.8): block i of L gets decay^(L-i).")
+    remove_unused_columns: bool = arg(False, "Kept False: the collator needs every field.")
     # Trainer's own --debug takes values; bare, it only asks this script for full tracebacks (see `cli`).
-    debug: str = field(
-        default="",
-        metadata={
-            "nargs": "*",
-            "help": "Bare --debug: errors show their full traceback instead of one 'error:' line. With values "
-            "(underflow_overflow, tpu_metrics_debug): Trainer's debug features as well.",
-        },
-    )
+    debug: str = arg(
+        "", "Bare --debug: errors show their full traceback instead of one 'error:' line. With values "
+        "(underflow_overflow, tpu_metrics_debug): Trainer's debug features as well.", nargs="*",
+    )  # fmt: skip
 
     def __post_init__(self):
         if isinstance(self.debug, list):  # nargs="*" gives a list of words; Trainer takes one string
@@ -316,16 +288,10 @@ def crop_size(data_args: DataTrainingArguments) -> tuple[int, int] | None:
     values = data_args.crop_to_size
     if values is None:
         return None
-    if len(values) not in (1, 2):
-        raise CommandLineError(f"--crop_to_size takes H or H W, got {len(values)} values: {' '.join(map(str, values))}.")
-    height, width = (values[0], values[0]) if len(values) == 1 else values
-    try:
-        check_input_size(height, width, name="--crop_to_size")
-    except ValueError as error:
-        raise CommandLineError(
-            f"--crop_to_size must be positive multiples of {INPUT_SIZE_MULTIPLE} (the model's coarsest stride), got "
-            f"{height}x{width}."
-        ) from error
+    height, width = (values * 2)[:2]
+    if len(values) not in (1, 2) or height <= 0 or width <= 0 or height % INPUT_SIZE_MULTIPLE or width % INPUT_SIZE_MULTIPLE:
+        raise CommandLineError(f"--crop_to_size takes H or H W, positive multiples of {INPUT_SIZE_MULTIPLE} (the "
+                               f"model's coarsest stride); got {' '.join(map(str, values))}.")  # fmt: skip
     if data_args.task == "panoptic":
         raise CommandLineError("--crop_to_size supports --task instance and semantic (tiled evaluation), not panoptic.")
     return int(height), int(width)

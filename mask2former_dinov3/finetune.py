@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -26,36 +27,13 @@ import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .arguments import (
-    DataTrainingArguments,
-    ModelArguments,
-    check_arguments,
-    cli,
-    crop_size,
-    parse_args,
-    run_phase,
-)
+from .arguments import DataTrainingArguments, ModelArguments, check_arguments, cli, crop_size, parse_args, run_phase
 from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config, check_input_size
 from .data import (
-    IGNORE_INDEX,
-    CocoSegmentationSource,
-    DataError,
-    HFSegmentationSource,
-    InstanceCount,
-    LabelImageSource,
-    LabelMap,
-    SegmentationCollator,
-    SegmentationDataset,
-    EpochCallback,
-    build_augmentation,
-    count_instances,
-    find_label_image_split,
-    find_roboflow_split,
-    label_map_from_semantic_class_to_id,
-    load_hf_dataset,
-    require_instances,
-    semantic_class_to_id_of,
-    thing_semantic_ids,
+    IGNORE_INDEX, CocoSegmentationSource, DataError, EpochCallback, HFSegmentationSource, InstanceCount,
+    LabelImageSource, LabelMap, SegmentationCollator, SegmentationDataset, build_augmentation, count_instances,
+    find_label_image_split, find_roboflow_split, label_map_from_semantic_class_to_id, load_hf_dataset,
+    require_instances, semantic_class_to_id_of, thing_semantic_ids
 )
 from .image_processing_mask2former_dinov3 import Mask2FormerDINOv3ImageProcessor
 from .loading import checkpoint_name
@@ -76,26 +54,20 @@ def resolve_checkpoint(training_args) -> str | bool | None:
     into an existing non-empty output_dir: resume from its last checkpoint if it has one; if it has none, it holds a
     different run and a `ValueError` is raised unless `--overwrite_output_dir`.
     """
-    resume = training_args.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "last"):
-        return True
+    resume, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
     if resume:
-        return resume
-    output_dir = training_args.output_dir
-    if not training_args.do_train or not output_dir or not os.path.isdir(output_dir):
-        return None
-    if getattr(training_args, "overwrite_output_dir", False):
+        return True if str(resume).lower() in ("true", "last") else resume
+    if not (training_args.do_train and output_dir and os.path.isdir(output_dir)) or training_args.overwrite_output_dir:
         return None
     last = get_last_checkpoint(output_dir)
-    if last is not None:
-        logger.info("Checkpoint detected, resuming training at %s. Pass --overwrite_output_dir to start afresh.", last)
-        return last
-    if os.listdir(output_dir):
+    if last is None and os.listdir(output_dir):
         raise ValueError(
             f"Output directory ({output_dir}) already exists, is not empty and holds no checkpoint to resume: it "
             f"contains a different run. Pass --overwrite_output_dir to overwrite it, or choose another --output_dir."
         )
-    return None
+    if last is not None:
+        logger.info("Checkpoint detected, resuming training at %s. Pass --overwrite_output_dir to start afresh.", last)
+    return last
 
 
 @dataclass
@@ -109,43 +81,39 @@ class DataBundle:
     description: str = ""
 
 
-def _first(source, count: int | None):
-    if source is None or count is None or count >= len(source):
-        return source
-    return torch.utils.data.Subset(source, range(count))
+SPLITS = ("train", "validation", "test")
 
 
 def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, training_args) -> DataBundle:
-    """Sources and label map from the data arguments (HF dataset, COCO / Roboflow folders, or the offline default)."""
+    """Sources and label map from the data arguments (HF dataset, COCO / label-image folders, or the offline
+    default)."""
     coco_given = data_args.data_dir or data_args.train_annotation_file or data_args.validation_annotation_file
     if data_args.dataset_name and coco_given:
         raise ValueError("Pass either --dataset_name or COCO files (--data_dir / --*_annotation_file), not both.")
     if data_args.dataset_name:
         bundle = _load_hf(data_args, model_args, training_args)
     elif coco_given or data_args.test_annotation_file:
-        bundle = _load_coco(data_args, training_args)
+        bundle = _load_folders(data_args, training_args)
     else:
-        with_stuff = data_args.task != "instance"
         probabilities = tuple(float(p) for p in data_args.synthetic_size_probabilities.split(","))
         train, validation = (
-            SyntheticSegmentationSource(
-                split, count, data_args.synthetic_seed, data_args.synthetic_image_size, with_stuff,
-                size_probabilities=probabilities,
-            )
+            SyntheticSegmentationSource(split, count, data_args.synthetic_seed, data_args.synthetic_image_size,
+                                        data_args.task != "instance", size_probabilities=probabilities)
             for split, count in (("train", data_args.synthetic_train_samples), ("valid", data_args.synthetic_eval_samples))
         )  # fmt: skip
+        (_, small), (_, medium) = validation.area_ranges["small"], validation.area_ranges["medium"]
         bundle = DataBundle(
-            label_map=train.label_map,
-            train=train,
-            validation=validation,
+            label_map=train.label_map, train=train, validation=validation,
             description=f"the package's synthetic shapes ({len(train)} training / {len(validation)} validation "
             f"images of {data_args.synthetic_image_size} px, seed {data_args.synthetic_seed}, small / medium / large "
             f"shape probabilities {data_args.synthetic_size_probabilities}; map_small / map_medium / map_large use "
-            f"these size classes: {_describe_area_ranges(validation.area_ranges)})",
-        )
-    bundle.train = _first(bundle.train, data_args.max_train_samples)
-    bundle.validation = _first(bundle.validation, data_args.max_eval_samples)
-    bundle.test = _first(bundle.test, data_args.max_eval_samples)
+            f"these size classes: areas under {small:.0f} px, {small:.0f} to {medium:.0f} px, over {medium:.0f} px)",
+        )  # fmt: skip
+    for split, count in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
+                         ("test", data_args.max_eval_samples)):  # fmt: skip
+        source = getattr(bundle, split)
+        if source is not None and count is not None and count < len(source):
+            setattr(bundle, split, torch.utils.data.Subset(source, range(count)))
     if training_args.do_train and bundle.train is None:
         raise ValueError("--do_train needs training data (train/ in --data_dir, --train_annotation_file or a train split).")
     if training_args.do_eval and bundle.validation is None:
@@ -156,119 +124,69 @@ def load_data(data_args: DataTrainingArguments, model_args: ModelArguments, trai
     return bundle
 
 
-def _describe_area_ranges(ranges: dict) -> str:
-    (_, small), (_, medium) = ranges["small"], ranges["medium"]
-    return f"areas under {small:.0f} px, {small:.0f} to {medium:.0f} px, over {medium:.0f} px"
-
-
-def _load_coco(data_args: DataTrainingArguments, training_args) -> DataBundle:
-    splits = {}
-    for split in ("train", "validation", "test"):
-        annotation_file = getattr(data_args, f"{split}_annotation_file")
-        image_dir = getattr(data_args, f"{split}_image_dir")
-        if annotation_file is None and data_args.data_dir:
-            annotation_file, found_dir = find_roboflow_split(data_args.data_dir, split) or (None, None)
+def _load_folders(data_args: DataTrainingArguments, training_args) -> DataBundle:
+    # COCO JSON splits (--*_annotation_file, or Roboflow's layout in --data_dir); else label images in --data_dir.
+    root, splits = data_args.data_dir, {}
+    for split in SPLITS:
+        annotation_file, image_dir = (getattr(data_args, f"{split}_{key}") for key in ("annotation_file", "image_dir"))
+        if annotation_file is None and root:
+            annotation_file, found_dir = find_roboflow_split(root, split) or (None, None)
             image_dir = image_dir or found_dir
         if annotation_file is not None:
             splits[split] = (annotation_file, image_dir)
-    if data_args.data_dir and not splits:
-        return _load_label_images(data_args, training_args)
+    label_images = bool(root) and not splits
+    if label_images:
+        splits = {split: pairs for split in SPLITS if (pairs := find_label_image_split(root, split)) is not None}
+        if not splits:
+            raise DataError(
+                f"{root}: no split found; expected Roboflow's COCO layout (train/_annotations.coco.json, "
+                f"valid/_annotations.coco.json, optional test/) or label images in train/, valid/ (optional test/): "
+                f"StarDist's images/NAME.tif with masks/NAME.tif, or Cellpose's NAME.tif (NAME_img.tif) with "
+                f"NAME_masks.tif."
+            )
     if "validation" not in splits and "test" in splits and training_args.do_eval:
-        logger.warning("No validation split: evaluating on the test split %s.", splits["test"][0])
+        logger.warning("No validation split: evaluating on the test split (%s).", root or splits["test"][0])
         splits["validation"] = splits.pop("test")
-    label_map = None
-    sources = {}
-    # The training JSON defines the label map; the other splits must use the same category ids.
-    for split in ("train", "validation", "test"):
-        if split in splits:
-            sources[split] = CocoSegmentationSource(*splits[split], label_map=label_map)
-            label_map = sources[split].label_map
-    # The card is shared: files are named relative to --data_dir (or by their own name), never by a local path.
-    root = data_args.data_dir
-    shown = {split: os.path.relpath(path, root) if root else os.path.basename(path) for split, (path, _) in splits.items()}
+    # The card is shared: data is named relative to --data_dir (or by a file's own name), never by a local path.
     where = f"`{os.path.basename(os.path.normpath(root))}`, " if root else ""
-    description = where + ", ".join(f"{split}: `{name}`" for split, name in shown.items())
+    if label_images:
+        sources = {split: LabelImageSource(pairs, data_args.label_image_class) for split, pairs in splits.items()}
+        counts = ", ".join(f"{split}: {len(pairs)} images" for split, pairs in splits.items())
+        description = f"label images ({where}{counts}; class `{data_args.label_image_class}`)"
+        return DataBundle(label_map=next(iter(sources.values())).label_map, description=description, **sources)
+    sources, label_map = {}, None
+    for split in (s for s in SPLITS if s in splits):  # the training JSON's categories define the label map
+        sources[split] = CocoSegmentationSource(*splits[split], label_map=label_map)
+        label_map = sources[split].label_map
+    names = {split: os.path.relpath(path, root) if root else os.path.basename(path) for split, (path, _) in splits.items()}
+    description = where + ", ".join(f"{split}: `{name}`" for split, name in names.items())
     return DataBundle(label_map=label_map, description=f"COCO-format data ({description})", **sources)
 
 
-def _load_label_images(data_args: DataTrainingArguments, training_args) -> DataBundle:
-    root = data_args.data_dir
-    splits = {s: find_label_image_split(root, s) for s in ("train", "validation", "test")}
-    splits = {split: pairs for split, pairs in splits.items() if pairs is not None}
-    if not splits:
-        raise DataError(
-            f"{root}: no split found; expected Roboflow's COCO layout (train/_annotations.coco.json, "
-            f"valid/_annotations.coco.json, optional test/) or label images in train/, valid/ (optional test/): "
-            f"StarDist's images/NAME.tif with masks/NAME.tif, or Cellpose's NAME.tif (NAME_img.tif) with "
-            f"NAME_masks.tif."
-        )
-    if "validation" not in splits and "test" in splits and training_args.do_eval:
-        logger.warning("No validation split: evaluating on the test split of %s.", root)
-        splits["validation"] = splits.pop("test")
-    sources = {split: LabelImageSource(pairs, data_args.label_image_class) for split, pairs in splits.items()}
-    counts = ", ".join(f"{split}: {len(pairs)} images" for split, pairs in splits.items())
-    return DataBundle(
-        label_map=next(iter(sources.values())).label_map,
-        description=f"label images (`{os.path.basename(os.path.normpath(root))}`, {counts}; class "
-        f"`{data_args.label_image_class}`)",
-        **sources,
-    )
-
-
 def _load_hf(data_args: DataTrainingArguments, model_args: ModelArguments, training_args) -> DataBundle:
-    dataset = load_hf_dataset(data_args.dataset_name, token=model_args.token, trust_remote_code=model_args.trust_remote_code)
-    if "train" not in dataset:
-        raise DataError(f"{data_args.dataset_name}: no 'train' split (splits: {list(dataset)}).")
-    train = dataset["train"]
-    validation = next((dataset[s] for s in ("validation", "valid", "val") if s in dataset), None)
-    test = dataset["test"] if "test" in dataset else None
-    if validation is None and training_args.do_eval:
-        split = train.train_test_split(test_size=data_args.train_val_split, seed=training_args.seed)
-        train, validation = split["train"], split["test"]
-        logger.info("No validation split: held out %.0f%% of train.", 100 * data_args.train_val_split)
-    mapping = semantic_class_to_id_of(train, data_args.dataset_name)
-    things = thing_semantic_ids(train) if data_args.task == "panoptic" else None
-    label_map = label_map_from_semantic_class_to_id(mapping, data_args.do_reduce_labels, things)
     name = data_args.dataset_name
-
-    def source(split, split_name):
-        if split is None:
-            return None
-        return HFSegmentationSource(split, label_map, data_args.do_reduce_labels, name=f"{name} [{split_name}]")
-
-    return DataBundle(
-        label_map=label_map,
-        train=source(train, "train"),
-        validation=source(validation, "validation"),
-        test=source(test, "test"),
-        description=f"the dataset `{checkpoint_name(name)}`",
-    )
-
-
-def offline_default_config(label_map: LabelMap, **overrides) -> Mask2FormerDINOv3Config:
-    """The small model of the offline default: a 4-stage DINOv3 ConvNeXt (widths 32-256) and a slim head."""
-    from transformers import DINOv3ConvNextConfig
-
-    kwargs = dict(
-        backbone_config=DINOv3ConvNextConfig(hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1]),
-        feature_size=64,
-        mask_feature_size=64,
-        hidden_dim=64,
-        encoder_feedforward_dim=256,
-        dim_feedforward=256,
-        encoder_layers=2,
-        decoder_layers=4,
-        num_attention_heads=4,
-        num_queries=OFFLINE_NUM_QUERIES,
-        train_num_points=1024,
-        id2label=label_map.id2label,
-        label2id=label_map.label2id,
-    )
-    kwargs.update(overrides)
-    return Mask2FormerDINOv3Config(**kwargs)
+    dataset = load_hf_dataset(name, token=model_args.token, trust_remote_code=model_args.trust_remote_code)
+    if "train" not in dataset:
+        raise DataError(f"{name}: no 'train' split (splits: {list(dataset)}).")
+    splits = {"train": dataset["train"], "test": dataset.get("test"),
+              "validation": next((dataset[s] for s in ("validation", "valid", "val") if s in dataset), None)}  # fmt: skip
+    if splits["validation"] is None and training_args.do_eval:
+        held_out = splits["train"].train_test_split(test_size=data_args.train_val_split, seed=training_args.seed)
+        splits["train"], splits["validation"] = held_out["train"], held_out["test"]
+        logger.info("No validation split: held out %.0f%% of train.", 100 * data_args.train_val_split)
+    things = thing_semantic_ids(splits["train"]) if data_args.task == "panoptic" else None
+    mapping = semantic_class_to_id_of(splits["train"], name)
+    label_map = label_map_from_semantic_class_to_id(mapping, data_args.do_reduce_labels, things)
+    sources = {split: HFSegmentationSource(rows, label_map, data_args.do_reduce_labels, name=f"{name} [{split}]")
+               for split, rows in splits.items() if rows is not None}  # fmt: skip
+    return DataBundle(label_map=label_map, description=f"the dataset `{checkpoint_name(name)}`", **sources)
 
 
-OFFLINE_NUM_QUERIES = 20  # the offline default's small model
+# The offline default's small model: a 4-stage DINOv3 ConvNeXt (widths 32-256) and a slim head.
+OFFLINE_BACKBONE = {"hidden_sizes": [32, 64, 128, 256], "depths": [1, 1, 2, 1]}
+OFFLINE_HEAD = {"feature_size": 64, "mask_feature_size": 64, "hidden_dim": 64, "encoder_feedforward_dim": 256,
+                "dim_feedforward": 256, "encoder_layers": 2, "decoder_layers": 4, "num_attention_heads": 4,
+                "num_queries": 20, "train_num_points": 1024}  # fmt: skip
 MIN_NUM_QUERIES = 100  # Mask2Former's default: the floor for --preset / --backbone_name_or_path models
 QUERIES_PER_INSTANCE = 1.25  # headroom over the densest training image
 
@@ -289,7 +207,7 @@ def choose_num_queries(model_args: ModelArguments, count: InstanceCount | None) 
     given = parse_config_overrides(model_args.config_overrides).get("num_queries")
     if given is not None:
         return None, f"{given} (set by --config_overrides)"
-    default = MIN_NUM_QUERIES if (model_args.preset or model_args.backbone_name_or_path) else OFFLINE_NUM_QUERIES
+    default = MIN_NUM_QUERIES if (model_args.preset or model_args.backbone_name_or_path) else OFFLINE_HEAD["num_queries"]
     if count is None:
         return None, f"{default} (default)"
     bound = "at most " if not count.exact else ""
@@ -303,24 +221,17 @@ def choose_num_queries(model_args: ModelArguments, count: InstanceCount | None) 
 
 
 def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """`'a=1,b=0.5,c=true,d=[1,2]'` -> `{'a': 1, 'b': 0.5, 'c': True, 'd': [1, 2]}` (values parsed as JSON)."""
-    parts, depth = [""], 0
-    for char in text or "":  # split on commas outside brackets
-        depth += (char in "[{") - (char in "]}")
-        if char == "," and depth == 0:
-            parts.append("")
-        else:
-            parts[-1] += char
-    words = {"True": True, "False": False, "None": None}
+    """`'a=1,b=0.5,c=true,d=[1,2]'` -> `{'a': 1, 'b': 0.5, 'c': True, 'd': [1, 2]}` (values parsed as JSON; a
+    value may hold a list or object, not nested ones)."""
     result = {}
-    for part in filter(str.strip, parts):
+    for part in filter(str.strip, re.split(r",(?![^\[{]*[\]}])", text or "")):  # commas outside brackets
         key, found, value = (x.strip() for x in part.partition("="))
         if not found:
             raise ValueError(f"--config_overrides: expected key=value, got {part!r}.")
         try:
             result[key] = json.loads(value)
         except json.JSONDecodeError:
-            result[key] = words.get(value, value)
+            result[key] = {"True": True, "False": False, "None": None}.get(value, value)
     return result
 
 
@@ -351,7 +262,11 @@ def build_model(
     elif model_args.preset:
         model = cls(Mask2FormerDINOv3Config.from_preset(model_args.preset, **labels, **overrides))
     else:
-        model = cls(offline_default_config(label_map, **overrides))
+        from transformers import DINOv3ConvNextConfig
+
+        config = Mask2FormerDINOv3Config(backbone_config=DINOv3ConvNextConfig(**OFFLINE_BACKBONE),
+                                         **{**OFFLINE_HEAD, **labels, **overrides})  # fmt: skip
+        model = cls(config)
     if model_args.freeze_backbone:
         model.freeze_backbone()
     image_processor = Mask2FormerDINOv3ImageProcessor(
@@ -384,20 +299,15 @@ def _check_queries(count: InstanceCount | None, model, model_args: ModelArgument
     num_queries = model.config.num_queries
     if count is None or count.largest <= num_queries:
         return
-    needed = math.ceil(QUERIES_PER_INSTANCE * count.largest)
+    fix = f"pass --config_overrides num_queries={math.ceil(QUERIES_PER_INSTANCE * count.largest)}"
     if model_args.model_name_or_path or model_args.head_name_or_path:
-        fix = (
-            "The queries of an existing checkpoint (or transferred head) are fixed: to find more objects per image, "
-            f"train a new model (--preset or --backbone_name_or_path without --head_name_or_path), which gets enough "
-            f"queries from the data, or pass --config_overrides num_queries={needed} to it"
-        )
+        fix = (f"the queries of an existing checkpoint (or transferred head) are fixed: train a new model (--preset or "
+               f"--backbone_name_or_path without --head_name_or_path), which gets enough from the data, or {fix} to it")  # fmt: skip
     else:
-        fix = f"Pass --config_overrides num_queries={needed} (or leave num_queries out: it is then chosen from the data)"
-    logger.warning(
-        "The densest training image (%s) has %d instances but the model has num_queries=%d: it can find at most %d "
-        "objects per image and the other instances are never matched in training. %s.",
-        count.image, count.largest, num_queries, num_queries, fix,
-    )  # fmt: skip
+        fix = f"{fix[0].upper()}{fix[1:]} (or leave num_queries out: it is then chosen from the data)"
+    logger.warning("The densest training image (%s) has %d instances but the model has num_queries=%d: it can find at "
+                   "most %d objects per image and the other instances are never matched in training. %s.",
+                   count.image, count.largest, num_queries, num_queries, fix[0].upper() + fix[1:])  # fmt: skip
 
 
 def _setup_logging(training_args) -> None:
@@ -417,32 +327,28 @@ def _setup_logging(training_args) -> None:
 
 def card_settings(trainer, data_args, model_args, bundle, queries_note: str) -> dict[str, Any]:
     """The settings the model card lists beside Trainer's own hyperparameters (no local path among them)."""
-    if model_args.model_name_or_path:
-        model = f"fine-tuned from `{checkpoint_name(model_args.model_name_or_path)}`"
-    elif model_args.backbone_name_or_path:
-        model = f"pretrained backbone `{checkpoint_name(model_args.backbone_name_or_path)}`"
+    args, size = trainer.args, f"{data_args.image_height}x{data_args.image_width}"
+    if model_args.model_name_or_path or model_args.backbone_name_or_path:
+        kind = "fine-tuned from" if model_args.model_name_or_path else "pretrained backbone"
+        model = f"{kind} `{checkpoint_name(model_args.model_name_or_path or model_args.backbone_name_or_path)}`"
     else:
-        model = f"preset `{model_args.preset}` (random init)" if model_args.preset else "offline-default small ConvNeXt model (random init)"
-    size = f"{data_args.image_height}x{data_args.image_width}"
-    crops = f"random {size} crops at native resolution (no resize), " if data_args.crop_to_size is not None else ""
+        model = f"preset `{model_args.preset}`" if model_args.preset else "offline-default small ConvNeXt model"
+        model += " (random init)"
+    augmentation = [f"random {size} crops at native resolution (no resize)" if data_args.crop_to_size is not None
+                    else f"image processor's resize to {size}",
+                    f"scale jitter {data_args.min_scale}-{data_args.max_scale} (pad / random crop)",
+                    *(["horizontal flip"] if data_args.hflip else []),
+                    f"colour jitter {data_args.color_jitter}" if data_args.color_jitter > 0 else "no colour jitter"]  # fmt: skip
     return {
-        "task": data_args.task,
-        "model": model,
-        "image size (h x w)": f"{data_args.image_height} x {data_args.image_width}",
+        "task": data_args.task, "model": model, "image size (h x w)": size.replace("x", " x "),
         "training images": len(bundle.train) if bundle.train is not None else 0,
         "validation images": len(bundle.validation) if bundle.validation is not None else 0,
-        "processes": trainer.args.world_size,
-        "backbone LR multiplier": trainer.args.backbone_lr_multiplier,
-        "layer-wise LR decay": trainer.args.layer_decay if trainer.args.layer_decay is not None else "none",
-        "gradient clipping (max norm)": trainer.args.max_grad_norm,
-        "gradient checkpointing": bool(getattr(trainer.args, "gradient_checkpointing", False)),
-        "frozen backbone": model_args.freeze_backbone,
-        "augmentation": (crops or f"image processor's resize to {size}, ")
-        + f"scale jitter {data_args.min_scale}-{data_args.max_scale} (pad / random crop), "
-        + ("horizontal flip, " if data_args.hflip else "")
-        + (f"colour jitter {data_args.color_jitter}" if data_args.color_jitter > 0 else "no colour jitter"),
+        "processes": args.world_size, "backbone LR multiplier": args.backbone_lr_multiplier,
+        "layer-wise LR decay": args.layer_decay if args.layer_decay is not None else "none",
+        "gradient clipping (max norm)": args.max_grad_norm, "gradient checkpointing": bool(args.gradient_checkpointing),
+        "frozen backbone": model_args.freeze_backbone, "augmentation": ", ".join(augmentation),
         "queries (num_queries)": queries_note,
-    }
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """Drawing segments on images for people to read: the overlays of training (`predictions/`) and of
 `mask2former-dinov3-predict` (`overlays/`), one implementation for both.
 
+`segments_to_draw` takes the segments of a ground truth or prediction in the metrics' format;
 `draw_segments` fills each segment in its class colour, writes one label per object (`distinct_segments`: of
 heavily overlapping masks only the best-scoring), enlarges small images so that labels can be read
 (`OVERLAY_MIN_SIDE`), and says so on a panel with nothing to draw. It needs only numpy and PIL (no Trainer).
@@ -9,12 +10,13 @@ heavily overlapping masks only the best-scoring), enlarges small images so that 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-__all__ = ["OVERLAY_MIN_SIDE", "distinct_segments", "draw_segments", "label_font", "side_by_side"]
+__all__ = ["OVERLAY_MIN_SIDE", "distinct_segments", "draw_segments", "label_font", "segments_to_draw", "side_by_side"]
 
 
 def _palette(n: int) -> np.ndarray:
@@ -141,3 +143,20 @@ def side_by_side(left: Image.Image, right: Image.Image, titles: Sequence[str], g
         panel.paste(image, (x, header_height))
         draw.text((x + 2, 2), title, fill=(0, 0, 0), font=font)
     return panel
+
+
+def segments_to_draw(item: Any, task: str, ignore_index: int | None = None) -> tuple[list, list, list | None]:
+    """`(masks, labels, scores)` to draw of a ground truth or prediction in the format of the task's evaluator
+    (`mask2former_dinov3.metrics`): crowd regions and, in semantic maps, `ignore_index` pixels left out; scores None
+    where there are none."""
+    if task == "instance":
+        keep = [i for i in range(len(item["labels"])) if not ("iscrowd" in item and item["iscrowd"][i])]
+        scores = [float(item["scores"][i]) for i in keep] if "scores" in item else None
+        return [np.asarray(item["masks"][i]) for i in keep], [int(item["labels"][i]) for i in keep], scores
+    if task == "semantic":
+        classes = [int(c) for c in np.unique(item) if c != ignore_index]
+        return [item == c for c in classes], classes, None
+    segments = [s for s in item["segments_info"] if not s.get("iscrowd", 0)]
+    labels = [int(s.get("category_id", s.get("label_id"))) for s in segments]
+    scores = [float(s["score"]) for s in segments] if segments and all("score" in s for s in segments) else None
+    return [item["segmentation"] == s["id"] for s in segments], labels, scores

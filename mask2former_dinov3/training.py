@@ -12,9 +12,10 @@
   metrics look the ground truth up in the evaluated dataset, each image once, so every process gets the numbers of
   a single-process evaluation. With `tile_size` (training on native-resolution crops) it evaluates by tiles
   instead (`tiled_prediction`, the same tiles as `mask2former-dinov3-predict --tile`), with the same metrics.
+  Mask AP keeps up to `max_detections` detections per image: the model's query count, at least COCO's 100.
 * `Mask2FormerTrainer.create_model_card`: Trainer's card with `model_card_sections` appended (backbone origin,
   labels, per-class metrics, queries, intended use, limitations, usage).
-* `save_prediction_overlays` (drawn by `mask2former_dinov3.overlays.draw_segments`).
+* `save_prediction_overlays` (drawn by `mask2former_dinov3.overlays`).
 """
 
 from __future__ import annotations
@@ -35,16 +36,18 @@ from PIL import Image
 from torch import nn
 from accelerate.utils import gather_object
 from transformers import Trainer
+from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_utils import speed_metrics
 
 from .data import IGNORE_INDEX, LabelMap, SegmentationCollator, SegmentationDataset, image_for_model
 from .metrics import (
+    COCO_MAX_DETECTIONS,
     InstanceSegmentationEvaluator,
     PanopticQualityEvaluator,
     SemanticSegmentationEvaluator,
     instance_prediction_from_post_processed,
 )
-from .overlays import draw_segments, side_by_side
+from .overlays import draw_segments, segments_to_draw, side_by_side
 from .tiling import predict_tiled
 
 
@@ -67,22 +70,13 @@ def vit_layer_id(name: str, num_layers: int) -> int | None:
     if not name.startswith(BACKBONE_PREFIX):
         return None
     rest = name[len(BACKBONE_PREFIX) :]
-    if rest.startswith("embeddings."):
-        return 0
     match = re.match(r"model\.layer\.(\d+)\.", rest)
-    if match:
-        return int(match.group(1)) + 1
-    return num_layers + 1
+    return 0 if rest.startswith("embeddings.") else int(match.group(1)) + 1 if match else num_layers + 1
 
 
-def build_param_groups(
-    model: nn.Module,
-    learning_rate: float,
-    weight_decay: float,
-    backbone_lr_multiplier: float = 1.0,
-    layer_decay: float | None = None,
-    decay_parameter_names: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
+def build_param_groups(model: nn.Module, learning_rate: float, weight_decay: float, backbone_lr_multiplier: float = 1.0,
+                       layer_decay: float | None = None,
+                       decay_parameter_names: Sequence[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Optimizer parameter groups (trainable parameters only).
 
     The learning rate of a parameter is `learning_rate * scale` where `scale` is 1 outside the backbone and
@@ -91,11 +85,11 @@ def build_param_groups(
     the names in `decay_parameter_names` (Trainer's choice: no biases or norms; all if None) that are matrices and
     not tokens / query / level embeddings / layer scales. Each group carries `lr`, `weight_decay` and `lr_scale`.
     """
-    config = model.config
-    is_vit = config.backbone_config.model_type == "dinov3_vit"
+    backbone = model.config.backbone_config
+    is_vit = backbone.model_type == "dinov3_vit"
     if layer_decay is not None and not is_vit:
         logger.warning("--layer_decay applies to ViT backbones only; the ConvNeXt backbone gets one learning rate.")
-    num_layers = config.backbone_config.num_hidden_layers if is_vit else 0
+    num_layers = backbone.num_hidden_layers if is_vit else 0
     decay_names = None if decay_parameter_names is None else set(decay_parameter_names)
     embedding_params = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     groups: dict[tuple[float, float], dict[str, Any]] = {}
@@ -107,12 +101,8 @@ def build_param_groups(
             scale = backbone_lr_multiplier
             if layer_decay is not None and is_vit:
                 scale *= layer_decay ** (num_layers + 1 - vit_layer_id(name, num_layers))
-        decays = (
-            param.ndim > 1
-            and id(param) not in embedding_params
-            and not _NO_DECAY_NAME.search(name)
-            and (decay_names is None or name in decay_names)
-        )
+        decays = (param.ndim > 1 and id(param) not in embedding_params and not _NO_DECAY_NAME.search(name)
+                  and (decay_names is None or name in decay_names))  # fmt: skip
         key = (scale, weight_decay if decays else 0.0)
         group = groups.setdefault(
             key, {"params": [], "param_names": [], "lr": learning_rate * scale, "lr_scale": scale, "weight_decay": key[1]}
@@ -127,32 +117,26 @@ def build_param_groups(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _clean_name(name: Any) -> str:
+    return re.sub(r"[^0-9A-Za-z_-]+", "_", str(name))
+
+
 def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Scalar metrics for logging: nested per-class dicts become `<metric>_<class name>` keys."""
     flat: dict[str, float] = {}
     for key, value in metrics.items():
-        if key == "per_class":  # panoptic tp/fp/fn details: pq_per_class already carries the per-class figure
-            continue
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "per_class":  # per_class: pq_per_class carries the per-class figure
             prefix = {"map_per_class": "map", "per_class_iou": "iou", "pq_per_class": "pq"}.get(key, key)
-            for name, sub in value.items():
-                if not isinstance(sub, dict):
-                    flat[f"{prefix}_{re.sub(r'[^0-9A-Za-z_-]+', '_', str(name))}"] = float(sub)
+            flat.update({f"{prefix}_{_clean_name(name)}": float(sub) for name, sub in value.items()})
         elif isinstance(value, (int, float, np.floating, np.integer)):
             flat[key] = float(value)
     return flat
 
 
-def post_process_predictions(
-    image_processor,
-    class_queries_logits: torch.Tensor,
-    masks_queries_logits: torch.Tensor,
-    task: str,
-    target_sizes: Sequence[tuple[int, int]],
-    instance_threshold: float = 0.0,
-    panoptic_threshold: float = 0.5,
-    label_ids_to_fuse: set[int] | None = None,
-) -> list:
+def post_process_predictions(image_processor, class_queries_logits: torch.Tensor, masks_queries_logits: torch.Tensor,
+                             task: str, target_sizes: Sequence[tuple[int, int]], instance_threshold: float = 0.0,
+                             panoptic_threshold: float = 0.5,
+                             label_ids_to_fuse: set[int] | None = None) -> list:  # fmt: skip
     """Predictions of a batch at each image's original size, in the format of the task's evaluator.
 
     The image processor's own post-processing, as at inference: instance: `post_process_instance_segmentation(
@@ -164,9 +148,8 @@ def post_process_predictions(
     """
     if task not in MAIN_METRIC:
         raise ValueError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
-    logits = SimpleNamespace(
-        class_queries_logits=class_queries_logits.float(), masks_queries_logits=masks_queries_logits.float()
-    )
+    logits = SimpleNamespace(class_queries_logits=class_queries_logits.float(),
+                             masks_queries_logits=masks_queries_logits.float())  # fmt: skip
     sizes = [tuple(int(v) for v in size) for size in target_sizes]
     if task == "instance":
         results = image_processor.post_process_instance_segmentation(
@@ -178,21 +161,13 @@ def post_process_predictions(
     results = image_processor.post_process_panoptic_segmentation(
         logits, threshold=panoptic_threshold, label_ids_to_fuse=set(label_ids_to_fuse or ()), target_sizes=sizes
     )
-    return [
-        {"segmentation": r["segmentation"].cpu().numpy(), "segments_info": list(r["segments_info"])} for r in results
-    ]
+    return [{"segmentation": r["segmentation"].cpu().numpy(), "segments_info": list(r["segments_info"])}
+            for r in results]
 
 
 @torch.no_grad()
-def tiled_prediction(
-    model: nn.Module,
-    dataset: SegmentationDataset,
-    index: int,
-    tile_size: tuple[int, int],
-    overlap: int,
-    threshold: float = 0.0,
-    batch_size: int = 4,
-) -> Any:
+def tiled_prediction(model: nn.Module, dataset: SegmentationDataset, index: int, tile_size: tuple[int, int],
+                     overlap: int, threshold: float = 0.0, batch_size: int = 4) -> Any:  # fmt: skip
     """Prediction of image `index` of `dataset` at its native resolution by tiles (`tiling.predict_tiled`, as
     `mask2former-dinov3-predict --tile` runs it), in the format of the task's evaluator (instance or semantic).
 
@@ -202,18 +177,14 @@ def tiled_prediction(
     sample = dataset.source[index]
     image = Image.fromarray(image_for_model(sample.image, dataset.image_processor, sample.file_name))
     parameter = next(model.parameters())
-    result = predict_tiled(
-        model, dataset.image_processor, image, tile_size, overlap, task=dataset.task, threshold=threshold,
-        batch_size=batch_size, device=parameter.device, dtype=parameter.dtype,
-    )  # fmt: skip
+    result = predict_tiled(model, dataset.image_processor, image, tile_size, overlap, task=dataset.task,
+                           threshold=threshold, batch_size=batch_size, device=parameter.device,
+                           dtype=parameter.dtype)  # fmt: skip
     if dataset.task == "semantic":
         return result.cpu().numpy()
     masks = np.stack([i.mask for i in result]) if result else np.zeros((0, image.height, image.width), bool)
-    return {
-        "masks": masks,
-        "labels": np.array([i.label for i in result], dtype=np.int64),
-        "scores": np.array([i.score for i in result], dtype=np.float64),
-    }
+    return {"masks": masks, "labels": np.array([i.label for i in result], dtype=np.int64),
+            "scores": np.array([i.score for i in result], dtype=np.float64)}  # fmt: skip
 
 
 class SegmentationMetrics:
@@ -225,7 +196,7 @@ class SegmentationMetrics:
     each computes the numbers of a single-process evaluation by itself. The ground truth is looked up in the dataset
     being evaluated (`start(dataset)`, which `Mask2FormerTrainer.evaluate` calls), the predictions are post-processed
     with `post_process_predictions`. With `compute_result=True` (the last batch) the metrics are returned, flattened
-    (`flatten_metrics`), with `num_images`.
+    (`flatten_metrics`), with `num_images` and, for instances, `max_detections`.
 
     Args:
         task: "instance", "semantic" or "panoptic".
@@ -236,45 +207,32 @@ class SegmentationMetrics:
         panoptic_threshold: score threshold of panoptic post-processing.
     """
 
-    def __init__(
-        self,
-        task: str,
-        label_map: LabelMap,
-        image_processor,
-        instance_threshold: float = 0.0,
-        panoptic_threshold: float = 0.5,
-    ):
+    def __init__(self, task: str, label_map: LabelMap, image_processor, instance_threshold: float = 0.0,
+                 panoptic_threshold: float = 0.5):  # fmt: skip
         if task not in MAIN_METRIC:
             raise ValueError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
-        self.task = task
-        self.label_map = label_map
-        self.image_processor = image_processor
-        self.instance_threshold = instance_threshold
-        self.panoptic_threshold = panoptic_threshold
-        self.dataset = None
-        self.evaluator = None
+        self.task, self.label_map, self.image_processor = task, label_map, image_processor
+        self.instance_threshold, self.panoptic_threshold = instance_threshold, panoptic_threshold
+        self.dataset = self.evaluator = None
 
-    def start(self, dataset) -> None:
-        """Begin an evaluation of `dataset` (a `SegmentationDataset(for_evaluation=True)`) with a fresh evaluator."""
+    def start(self, dataset, max_detections: int = COCO_MAX_DETECTIONS) -> None:
+        """Begin an evaluation of `dataset` (a `SegmentationDataset(for_evaluation=True)`) with a fresh evaluator;
+        mask AP keeps up to `max_detections` detections per image."""
         if not hasattr(dataset, "ground_truth"):
             raise ValueError(
                 f"Segmentation metrics need the evaluated dataset's ground truth: pass a SegmentationDataset built "
                 f"with for_evaluation=True, got {type(dataset).__name__}."
             )
-        self.dataset = dataset
-        label_map = self.label_map
+        self.dataset, names = dataset, self.label_map.id2label
         if self.task == "instance":
             # A source whose size classes are not COCO's (the synthetic shapes) reports its own.
             area_ranges = getattr(getattr(dataset, "source", None), "area_ranges", None)
-            self.evaluator = InstanceSegmentationEvaluator(class_names=label_map.id2label, area_ranges=area_ranges)
+            self.evaluator = InstanceSegmentationEvaluator(names, max_detections, area_ranges)
         elif self.task == "semantic":
-            self.evaluator = SemanticSegmentationEvaluator(
-                num_classes=label_map.num_labels, ignore_index=IGNORE_INDEX, class_names=label_map.id2label
-            )
+            self.evaluator = SemanticSegmentationEvaluator(self.label_map.num_labels, IGNORE_INDEX, names)
         else:
-            categories = [{"id": i, "name": name, "isthing": int(i in label_map.thing_ids)}
-                          for i, name in label_map.id2label.items()]  # fmt: skip
-            self.evaluator = PanopticQualityEvaluator(categories)
+            self.evaluator = PanopticQualityEvaluator([{"id": i, "name": name, "isthing": i in self.label_map.thing_ids}
+                                                       for i, name in names.items()])  # fmt: skip
 
     def __call__(self, eval_prediction, compute_result: bool = False) -> dict[str, float] | None:
         """Trainer's batch-wise `compute_metrics(eval_prediction, compute_result)`: adds one gathered batch (its
@@ -301,10 +259,12 @@ class SegmentationMetrics:
         return self.result() if compute_result else None
 
     def result(self, records: dict | None = None) -> dict[str, float]:
-        """The flattened metrics of `records` (default: the images added since `start`), with `num_images`."""
-        metrics = self.evaluator.compute(records)
-        num_images = int(metrics.pop("num_images"))
-        return {**flatten_metrics(metrics), "num_images": float(num_images)}
+        """The flattened metrics of `records` (default: the images added since `start`), with `num_images` and, for
+        instances, `max_detections` (the per-image cap of mask AP)."""
+        metrics = flatten_metrics(self.evaluator.compute(records))
+        if self.task == "instance":
+            metrics["max_detections"] = float(self.evaluator.max_detections)
+        return metrics
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -333,28 +293,17 @@ class Mask2FormerTrainer(Trainer):
     `SegmentationMetrics`, which needs `batch_eval_metrics=True` and `eval_do_concat_batches=False` (set here).
     """
 
-    def __init__(
-        self,
-        *args,
-        task: str = "instance",
-        label_map: LabelMap | None = None,
-        image_processor=None,
-        instance_threshold: float = 0.0,
-        panoptic_threshold: float = 0.5,
-        tile_size: tuple[int, int] | None = None,
-        tile_overlap: int = 0,
-        **kwargs,
-    ):
+    def __init__(self, *args, task: str = "instance", label_map: LabelMap | None = None, image_processor=None,
+                 instance_threshold: float = 0.0, panoptic_threshold: float = 0.5,
+                 tile_size: tuple[int, int] | None = None, tile_overlap: int = 0, **kwargs):  # fmt: skip
         if tile_size is not None and task == "panoptic":
             raise ValueError("tiled evaluation supports the instance and semantic tasks, not panoptic")
         self.tile_size = None if tile_size is None else (int(tile_size[0]), int(tile_size[1]))
         self.tile_overlap = int(tile_overlap)
         self.segmentation_metrics = None
         if kwargs.get("compute_metrics") is None and label_map is not None and image_processor is not None:
-            self.segmentation_metrics = SegmentationMetrics(
-                task, label_map, image_processor, instance_threshold=instance_threshold,
-                panoptic_threshold=panoptic_threshold,
-            )  # fmt: skip
+            self.segmentation_metrics = SegmentationMetrics(task, label_map, image_processor, instance_threshold,
+                                                            panoptic_threshold)  # fmt: skip
             kwargs["compute_metrics"] = self.segmentation_metrics
         super().__init__(*args, **kwargs)
         # Evaluation batches carry `dataset_index`, no argument of the model's forward: Trainer must not drop it.
@@ -364,12 +313,15 @@ class Mask2FormerTrainer(Trainer):
             # set's logits in memory (transformers' own segmentation example sets the same).
             self.args.batch_eval_metrics = True
             self.args.eval_do_concat_batches = False
-        # Task, labels, processor and thresholds live in `segmentation_metrics`, their one user.
         self.card_details: ModelCardDetails | None = None  # set before create_model_card
         # Mask2Former normalises its loss itself (by the number of masks): Trainer must not rescale it.
         self.model_accepts_loss_kwargs = False
 
-    # -- optimizer ----------------------------------------------------------------------------------------------------
+    @property
+    def max_detections(self) -> int:
+        """Detections per image that mask AP keeps: the model's query count, so that no query the model was sized
+        for is thrown away, and COCO's 100 for models with at most 100 queries (COCO numbers stay comparable)."""
+        return max(COCO_MAX_DETECTIONS, int(self.accelerator.unwrap_model(self.model).config.num_queries))
 
     def create_optimizer(self, model=None):
         """Trainer's optimizer (`--optim`, AdamW by default) over `build_param_groups`'s groups, with the args'
@@ -377,40 +329,28 @@ class Mask2FormerTrainer(Trainer):
         if self.optimizer is not None:
             return self.optimizer
         opt_model = self.model if model is None else model
-        if self.optimizer_cls_and_kwargs is not None:
-            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
-        else:
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        special = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
-        from transformers.trainer_optimizer import is_optimizer_factory
-
-        if special or is_optimizer_factory(optimizer_cls):
+        optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(
+            self.args, opt_model
+        )
+        if {"params", "model", "optimizer_dict"} & set(optimizer_kwargs) or is_optimizer_factory(optimizer_cls):
             logger.warning("--optim %s builds its own parameter groups: backbone LR multiplier / layer decay not applied.", self.args.optim)
             return super().create_optimizer(model)
         multiplier = getattr(self.args, "backbone_lr_multiplier", None)
-        groups = build_param_groups(
-            opt_model,
-            learning_rate=self.args.learning_rate,
-            weight_decay=self.args.weight_decay,
-            backbone_lr_multiplier=1.0 if multiplier is None else multiplier,
-            layer_decay=getattr(self.args, "layer_decay", None),
-            decay_parameter_names=self.get_decay_parameter_names(opt_model),
-        )
-        for group in groups:
-            group.pop("param_names")
-        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        groups = build_param_groups(opt_model, self.args.learning_rate, self.args.weight_decay,
+                                    1.0 if multiplier is None else multiplier, getattr(self.args, "layer_decay", None),
+                                    self.get_decay_parameter_names(opt_model))  # fmt: skip
+        self.optimizer = optimizer_cls([{k: v for k, v in g.items() if k != "param_names"} for g in groups],
+                                       **optimizer_kwargs)  # fmt: skip
         return self.optimizer
-
-    # -- evaluation ---------------------------------------------------------------------------------------------------
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Trainer's `evaluate`, with the segmentation metrics started on the dataset it evaluates."""
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
-        if self.tile_size is not None and self.segmentation_metrics is not None and not isinstance(dataset, dict):
-            return self._evaluate_tiled(dataset, metric_key_prefix)
+        # A dict of datasets comes back here once per dataset (Trainer.evaluate recurses).
         if self.segmentation_metrics is not None and not isinstance(dataset, dict):
-            # A dict of datasets comes back here once per dataset (Trainer.evaluate recurses).
-            self.segmentation_metrics.start(dataset)
+            self.segmentation_metrics.start(dataset, self.max_detections)
+            if self.tile_size is not None:
+                return self._evaluate_tiled(dataset, metric_key_prefix)
         metrics = super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         # Trainer times the model's preparation when evaluating without training; keep eval_results.json's keys the
         # same for every kind of run.
@@ -421,17 +361,14 @@ class Mask2FormerTrainer(Trainer):
         # Whole images at native resolution have no common size for Trainer's batched loop (nor a loss): each
         # process predicts its share by tiles, then the per-image records of every process are gathered.
         metrics_of = self.segmentation_metrics
-        metrics_of.start(dataset)
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         start = time.time()
         threshold = metrics_of.instance_threshold if metrics_of.task == "instance" else 0.0
         for index in range(self.args.process_index, len(dataset), self.args.world_size):
-            prediction = tiled_prediction(
-                model, dataset, index, self.tile_size, self.tile_overlap, threshold=threshold,
-                batch_size=self.args.per_device_eval_batch_size,
-            )  # fmt: skip
+            prediction = tiled_prediction(model, dataset, index, self.tile_size, self.tile_overlap, threshold=threshold,
+                                          batch_size=self.args.per_device_eval_batch_size)  # fmt: skip
             metrics_of.evaluator.update([dataset.ground_truth(index)[1]], [prediction], image_ids=[index])
         model.train(was_training)
         records = {k: v for part in gather_object([metrics_of.evaluator.records]) for k, v in part.items()}
@@ -444,17 +381,14 @@ class Mask2FormerTrainer(Trainer):
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
         """Trainer's `predict`, with the segmentation metrics started on `test_dataset`."""
         if self.segmentation_metrics is not None:
-            self.segmentation_metrics.start(test_dataset)
+            self.segmentation_metrics.start(test_dataset, self.max_detections)
         return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         """Trainer's loss; with `return_outputs`, the outputs are cut down to the class and mask logits, so that
         evaluation neither keeps nor gathers the hidden states and auxiliary predictions."""
         result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        if not return_outputs:
-            return result
-        loss, outputs = result
-        return loss, {key: outputs[key] for key in LOGIT_KEYS}
+        return (result[0], {key: result[1][key] for key in LOGIT_KEYS}) if return_outputs else result
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """Trainer's prediction step returning `(loss, (class_queries_logits, masks_queries_logits), dataset
@@ -467,9 +401,7 @@ class Mask2FormerTrainer(Trainer):
                 "SegmentationDataset(..., for_evaluation=True) so that the metrics can find each image's ground truth."
             )
         loss, logits, _ = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
-        if prediction_loss_only:
-            return loss, None, None
-        return loss, logits, indices
+        return (loss, None, None) if prediction_loss_only else (loss, logits, indices)
 
     def create_model_card(self, **kwargs) -> None:
         """Trainer's model card (its hyperparameters, results and versions), with `model_card_sections` appended
@@ -501,81 +433,50 @@ class Mask2FormerTrainer(Trainer):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Overlays
+# Overlays (drawn by `mask2former_dinov3.overlays`, shared with the prediction CLI)
 # --------------------------------------------------------------------------------------------------------------------
-
-# The drawing itself lives in `mask2former_dinov3.overlays` (shared with the prediction CLI).
-
-
-def segments_to_draw(item: Any, task: str) -> tuple[list[np.ndarray], list[int], list[float] | None]:
-    """`(masks, labels, scores)` to draw of a ground truth or prediction in the evaluator's format (crowd regions
-    left out; scores None where there are none)."""
-    if task == "instance":
-        keep = [i for i in range(len(item["labels"])) if not ("iscrowd" in item and item["iscrowd"][i])]
-        scores = [float(item["scores"][i]) for i in keep] if "scores" in item else None
-        return [np.asarray(item["masks"][i]) for i in keep], [int(item["labels"][i]) for i in keep], scores
-    if task == "semantic":
-        classes = [int(c) for c in np.unique(item) if c != IGNORE_INDEX]
-        return [item == c for c in classes], classes, None
-    segments = [s for s in item["segments_info"] if not s.get("iscrowd", 0)]
-    labels = [int(s.get("category_id", s.get("label_id"))) for s in segments]
-    scores = [float(s["score"]) for s in segments] if all("score" in s for s in segments) and segments else None
-    return [item["segmentation"] == s["id"] for s in segments], labels, scores
 
 
 @torch.no_grad()
-def save_prediction_overlays(
-    model: nn.Module,
-    dataset: SegmentationDataset,
-    label_map: LabelMap,
-    output_dir: str,
-    num_images: int = 4,
-    instance_threshold: float = 0.5,
-    panoptic_threshold: float = 0.5,
-    tile_size: tuple[int, int] | None = None,
-    tile_overlap: int = 0,
-) -> list[str]:
+def save_prediction_overlays(model: nn.Module, dataset: SegmentationDataset, label_map: LabelMap, output_dir: str,
+                             num_images: int = 4, instance_threshold: float = 0.5, panoptic_threshold: float = 0.5,
+                             tile_size: tuple[int, int] | None = None, tile_overlap: int = 0) -> list[str]:  # fmt: skip
     """Save `num_images` PNGs of the first images of `dataset`: ground truth (left) beside the prediction (right).
 
     The prediction goes through evaluation's own path: the dataset's preprocessing (the image processor) and
     `post_process_predictions` (instance scores below `instance_threshold` are not drawn), or, with `tile_size`,
-    `tiled_prediction`. Both panels show the
-    image the model sees (images that are not 8-bit after the processor's intensity normalisation), enlarged to at
-    least `overlays.OVERLAY_MIN_SIDE` pixels, one label per object; an empty panel says so. Returns the written paths.
+    `tiled_prediction`. Both panels show the image the model sees (images that are not 8-bit after the processor's
+    intensity normalisation), enlarged to at least `overlays.OVERLAY_MIN_SIDE` pixels, one label per object; an
+    empty panel says so. Returns the written paths.
     """
     os.makedirs(output_dir, exist_ok=True)
-    was_training = model.training
+    was_training, device = model.training, next(model.parameters()).device
     model.eval()
-    device = next(model.parameters()).device
-    names = label_map.id2label
-    collate = SegmentationCollator()
-    paths = []
+    task, paths = dataset.task, []
+    threshold = instance_threshold if task == "instance" else panoptic_threshold
     for index in range(min(num_images, len(dataset))):
         size, truth = dataset.ground_truth(index)
         if tile_size is not None:
             prediction = tiled_prediction(model, dataset, index, tile_size, tile_overlap, threshold=instance_threshold)
         else:
-            batch = collate([dataset[index]])
+            batch = SegmentationCollator()([dataset[index]])
             outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
             prediction = post_process_predictions(
-                dataset.image_processor, outputs.class_queries_logits, outputs.masks_queries_logits, dataset.task,
-                [size], instance_threshold=instance_threshold, panoptic_threshold=panoptic_threshold,
+                dataset.image_processor, outputs.class_queries_logits, outputs.masks_queries_logits, task, [size],
+                instance_threshold=instance_threshold, panoptic_threshold=panoptic_threshold,
                 label_ids_to_fuse=set(label_map.stuff_ids),
             )[0]  # fmt: skip
         sample = dataset.source[index]
         # What the model sees: an image that is not 8-bit after the processor's intensity normalisation.
         image = image_for_model(sample.image, dataset.image_processor, sample.file_name)
-        truth_masks, truth_labels, _ = segments_to_draw(truth, dataset.task)
-        masks, labels, scores = segments_to_draw(prediction, dataset.task)
-        threshold = instance_threshold if dataset.task == "instance" else panoptic_threshold
-        left = draw_segments(image, truth_masks, truth_labels, names, empty_text="no annotated objects")
-        right = draw_segments(image, masks, labels, names, scores,
+        left = draw_segments(image, *segments_to_draw(truth, task, IGNORE_INDEX)[:2], label_map.id2label,
+                             empty_text="no annotated objects")  # fmt: skip
+        masks, labels, scores = segments_to_draw(prediction, task, IGNORE_INDEX)
+        right = draw_segments(image, masks, labels, label_map.id2label, scores,
                               empty_text=f"no prediction above threshold {threshold:g}")  # fmt: skip
-        panel = side_by_side(left, right, ("ground truth", "prediction"))
-        stem = re.sub(r"[^0-9A-Za-z_-]+", "_", os.path.splitext(os.path.basename(str(sample.file_name)))[0])[-60:]
-        path = os.path.join(output_dir, f"{index:03d}_{stem or sample.image_id}.png")
-        panel.save(path)
-        paths.append(path)
+        stem = _clean_name(os.path.splitext(os.path.basename(str(sample.file_name)))[0])[-60:]
+        paths.append(os.path.join(output_dir, f"{index:03d}_{stem or sample.image_id}.png"))
+        side_by_side(left, right, ("ground truth", "prediction")).save(paths[-1])
     model.train(was_training)
     return paths
 
@@ -605,65 +506,67 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+_METRIC_SOURCE = {
+    "instance": ("map", "mask AP", "COCO mask AP (COCOeval, `iouType=\"segm\"`) on `post_process_instance_segmentation`"
+                 " outputs at the images' original size, with up to {cap} detections per image"),
+    "semantic": ("iou", "IoU", "mean IoU over classes present in ground truth or prediction (unlabelled pixels "
+                 "ignored)"),
+    "panoptic": ("pq", "PQ", "panoptic quality with the COCO panoptic matching rules (IoU > 0.5)"),
+}  # fmt: skip
+
+
 def model_card_sections(config, details: ModelCardDetails, folder: str) -> str:
-    """Markdown appended to Trainer's card: backbone origin, labels, metrics (main and per class), the settings
-    Trainer does not list, intended use, limitations and usage snippets for the folder named `folder`."""
-    task, description, metrics = details.task, details.dataset_description, details.metrics
-    backbone = config.backbone_config
-    backbone_desc = (
-        f"DINOv3 ViT ({backbone.num_hidden_layers} blocks, width {backbone.hidden_size}, tapped blocks "
-        f"{config.tapped_layers}; adapter {'with' if config.adapter_spatial_prior else 'without'} spatial prior)"
-        if backbone.model_type == "dinov3_vit"
-        else f"DINOv3 ConvNeXt (widths {backbone.hidden_sizes}, depths {backbone.depths})"
-    )
-    checkpoint, base = getattr(config, "backbone_checkpoint", None), details.base_model
+    """Markdown appended to Trainer's card: backbone origin, labels, metrics (main and per class, and for instances
+    the detections per image that mask AP kept), the settings Trainer does not list, intended use, limitations and
+    usage snippets for the folder named `folder`."""
+    task, description, base = details.task, details.dataset_description, details.base_model
+    backbone, checkpoint = config.backbone_config, getattr(config, "backbone_checkpoint", None)
     synthetic = "synthetic" in description
+    if backbone.model_type == "dinov3_vit":
+        backbone_desc = (f"ViT ({backbone.num_hidden_layers} blocks, width {backbone.hidden_size}, tapped blocks "
+                         f"{config.tapped_layers}; adapter {'with' if config.adapter_spatial_prior else 'without'} "
+                         "spatial prior)")  # fmt: skip
+    else:
+        backbone_desc = f"ConvNeXt (widths {backbone.hidden_sizes}, depths {backbone.depths})"
     if checkpoint:
         origin = f" initialised from the pretrained DINOv3 checkpoint `{checkpoint}`, fine-tuned"
-        weights = f"Backbone weights: `{checkpoint}` (pretrained DINOv3)."
+        weights = f"`{checkpoint}` (pretrained DINOv3)"
     elif base:
         origin = f", fine-tuned from the Mask2FormerDINOv3 model `{base}`"
-        weights = (f"Backbone weights: from `{base}`, whose configuration records no pretrained DINOv3 checkpoint "
-                   "(its backbone most likely started from random initialisation).")  # fmt: skip
+        weights = (f"from `{base}`, whose configuration records no pretrained DINOv3 checkpoint (its backbone most "
+                   "likely started from random initialisation)")  # fmt: skip
     else:
         origin = ", trained from scratch (random initialisation, no pretrained weights)"
-        weights = "Backbone weights: random initialisation (no pretrained DINOv3 checkpoint)."
-    lines = ["", f"## Mask2Former + DINOv3 ({task} segmentation)", "",
-             f"Mask2Former with a {backbone_desc} backbone{origin} with `run_instance_seg.py` (mask2former-dinov3) on "
-             f"{description}.", "", weights, "", "### Labels", "", "| id | label | kind |", "|---|---|---|"]  # fmt: skip
+        weights = "random initialisation (no pretrained DINOv3 checkpoint)"
     things = set(details.thing_ids or ())
+    lines = [f"\n## Mask2Former + DINOv3 ({task} segmentation)\n", f"Mask2Former with a DINOv3 {backbone_desc} backbone"
+             f"{origin} with `run_instance_seg.py` (mask2former-dinov3) on {description}.\n",
+             f"Backbone weights: {weights}.\n", "### Labels\n", "| id | label | kind |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {i} | {name} | {'thing' if not things or i in things else 'stuff'} |"
               for i, name in sorted(config.id2label.items())]  # fmt: skip
-    lines += ["", "### Evaluation", ""]
-    if metrics:
-        # Trainer's card lists every metric above; this section adds the per-class table and how it was computed.
-        clean = {k.removeprefix("eval_"): v for k, v in metrics.items()}
-        main = MAIN_METRIC[task]
-        lines.append(f"{main}: {_format(clean.get(main, math.nan))} on {int(clean.get('num_images', 0))} images.")
-        prefix, name = {"instance": ("map", "mask AP"), "semantic": ("iou", "IoU"), "panoptic": ("pq", "PQ")}[task]
-        per_class = [(label, clean.get(f"{prefix}_{re.sub(r'[^0-9A-Za-z_-]+', '_', label)}"))
-                     for label in config.id2label.values()]  # fmt: skip
-        lines += ["", f"Per class ({name}):", "", f"| class | {name} |", "|---|---|"]
-        lines += [f"| {label} | {_format(value)} |" for label, value in per_class if value is not None]
-        source = {"instance": "COCO mask AP computed by pycocotools (`COCOeval`, `iouType=\"segm\"`) on "
-                              "`post_process_instance_segmentation` outputs at the images' original size",
-                  "semantic": "mean IoU over classes present in ground truth or prediction (unlabelled pixels ignored)",
-                  "panoptic": "panoptic quality with the COCO panoptic matching rules (IoU > 0.5)"}[task]  # fmt: skip
-        lines += ["", f"Metrics: {source}."]
+    lines.append("\n### Evaluation\n")
+    metrics = {k.removeprefix("eval_"): v for k, v in (details.metrics or {}).items()}
+    if metrics:  # Trainer's card lists every metric above; this adds the per-class table and how it was computed
+        (prefix, name, source), main = _METRIC_SOURCE[task], MAIN_METRIC[task]
+        cap = int(metrics.get("max_detections", 100))
+        lines += [f"{main}: {_format(metrics.get(main, math.nan))} on {int(metrics.get('num_images', 0))} images"
+                  + (f" (AP with up to {cap} detections per image)." if task == "instance" else "."),
+                  f"\nPer class ({name}):\n", f"| class | {name} |", "|---|---|"]  # fmt: skip
+        per_class = {label: metrics.get(f"{prefix}_{_clean_name(label)}") for label in config.id2label.values()}
+        lines += [f"| {label} | {_format(value)} |" for label, value in per_class.items() if value is not None]
+        lines.append(f"\nMetrics: {source.format(cap=cap)}.")
     else:
         lines.append("Not evaluated.")
-    lines += ["", "### Training settings", "", "(Trainer's own hyperparameters are listed above.)", "",
+    lines += ["\n### Training settings\n", "(Trainer's own hyperparameters are listed above.)\n",
               "| setting | value |", "|---|---|"]  # fmt: skip
     lines += [f"| {k} | {f'{v:g}' if isinstance(v, float) else v} |" for k, v in details.settings.items()]
-    lines += ["", "### Intended use", ""]
     if synthetic and not checkpoint:
-        lines.append("A demonstration and test model: trained from scratch on the package's synthetic shapes, it shows "
-                     "that the training pipeline works end to end. It is not meant for real images.")  # fmt: skip
+        use = ("A demonstration and test model: trained from scratch on the package's synthetic shapes, it shows that "
+               "the training pipeline works end to end. It is not meant for real images.")  # fmt: skip
     else:
-        lines.append(f"{task.capitalize()} segmentation of images like the training data ({description}), for the "
-                     f"{len(config.id2label)} classes listed under Labels; check it on your own images before relying "
-                     "on it.")  # fmt: skip
-    lines += ["", "### Limitations", ""]
+        use = (f"{task.capitalize()} segmentation of images like the training data ({description}), for the "
+               f"{len(config.id2label)} classes listed under Labels; check it on your own images before relying on it.")
+    lines += ["\n### Intended use\n", use, "\n### Limitations\n"]
     if synthetic:
         lines.append("- Trained on synthetic shapes only: on real images its output is meaningless.")
     if not checkpoint and not base:
@@ -677,35 +580,33 @@ def model_card_sections(config, details: ModelCardDetails, folder: str) -> str:
         f"- It finds at most {config.num_queries} segments per image (`num_queries`); denser scenes lose instances.",
         "- The metrics above come from the validation split named above only; on other data they are unknown."
         if metrics else "- It was not evaluated.",
-        "", "### Usage", "",
+        "\n### Usage\n",
     ]  # fmt: skip
     if details.tiling is not None:
         (tile_h, tile_w), overlap = details.tiling
-        lines += [
+        lines.append(
             f"Trained on random {tile_h} x {tile_w} crops at the images' native resolution, and evaluated by tiles: "
             f"run it the same way, on {tile_h} x {tile_w} windows of the image at its own resolution (overlap "
             f"{overlap} px), not on whole images resized to {tile_h} x {tile_w}. `mask2former-dinov3-predict "
             f"{folder} IMAGES... --output_dir OUT` does so by default (it reads `tiling.json`); in Python, "
             f"`mask2former_dinov3.tiling.predict_tiled(model, processor, image, ({tile_h}, {tile_w}), {overlap})`. "
-            "The snippets below run whole images resized to the processor's size instead.", "",
-        ]  # fmt: skip
+            "The snippets below run whole images resized to the processor's size instead.\n"
+        )  # fmt: skip
     lines += [
         f"Run from the folder that contains `{folder}` (or use its hub id). With `trust_remote_code=True` the code saved",
-        "beside the weights is used, so the `mask2former-dinov3` package need not be installed:", "",
-        "```python", "from transformers import pipeline", "",
+        "beside the weights is used, so the `mask2former-dinov3` package need not be installed:\n",
+        "```python", "from transformers import pipeline\n",
         f'segmenter = pipeline("image-segmentation", model="{folder}", trust_remote_code=True)',
-        f'segments = segmenter("image.jpg", subtask="{task}")  # dicts with "label", "score" and a PIL "mask"',
-        "```", "",
+        f'segments = segmenter("image.jpg", subtask="{task}")  # dicts with "label", "score" and a PIL "mask"', "```\n",
         "Or with the model and its image processor"
-        + (" (the same resizing and normalisation as in training):" if details.tiling is None else ":"), "",
+        + (" (the same resizing and normalisation as in training):\n" if details.tiling is None else ":\n"),
         "```python", "import torch", "from PIL import Image",
-        "from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation", "",
+        "from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation\n",
         f'model = AutoModelForUniversalSegmentation.from_pretrained("{folder}", trust_remote_code=True)',
         f'processor = AutoImageProcessor.from_pretrained("{folder}", trust_remote_code=True)',
         'image = Image.open("image.jpg").convert("RGB")', "with torch.no_grad():",
         '    outputs = model(**processor(images=image, return_tensors="pt"))',
-        f"result = processor.post_process_{task}_segmentation(outputs, target_sizes=[image.size[::-1]])[0]",
-        "```", "",
+        f"result = processor.post_process_{task}_segmentation(outputs, target_sizes=[image.size[::-1]])[0]", "```\n",
     ]  # fmt: skip
     return "\n".join(lines)
 
@@ -717,10 +618,9 @@ __all__ = [
     "SegmentationMetrics",
     "build_param_groups",
     "flatten_metrics",
+    "model_card_sections",
     "post_process_predictions",
     "save_prediction_overlays",
-    "segments_to_draw",
     "tiled_prediction",
     "vit_layer_id",
-    "model_card_sections",
 ]

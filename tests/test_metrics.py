@@ -44,9 +44,10 @@ def test_instance_perfect_prediction_gives_ap_one():
     for sample in samples:
         gt = {"masks": sample.masks, "labels": sample.labels}
         pred = {"masks": sample.masks, "labels": sample.labels, "scores": np.linspace(0.9, 0.5, len(sample.labels))}
-        evaluator.update(gt, pred)
+        evaluator.update([gt], [pred])
     # An image without instances and without predictions changes nothing.
-    evaluator.update({"masks": np.zeros((0, 64, 64), bool), "labels": []}, {"masks": [], "labels": [], "scores": []})
+    empty = np.zeros((0, 64, 64), bool)
+    evaluator.update([{"masks": empty, "labels": []}], [{"masks": empty, "labels": [], "scores": []}])
     result = evaluator.compute()
     # COCOeval computes precision as tp / (tp + fp + eps), hence 1 - 2e-16 rather than exactly 1.
     for key in ("map", "map_50", "map_75", "mar_100"):
@@ -66,8 +67,8 @@ def test_instance_hand_worked_ap():
     pred_3[26, 20:22] = True  # ... + 2 = 62 px: IoU(B) = 0.62
     evaluator = InstanceSegmentationEvaluator()
     evaluator.update(
-        {"masks": np.stack([gt_a, gt_b]), "labels": [0, 0]},
-        {"masks": np.stack([pred_1, pred_2, pred_3]), "labels": [0, 0, 0], "scores": [0.9, 0.8, 0.7]},
+        [{"masks": np.stack([gt_a, gt_b]), "labels": [0, 0]}],
+        [{"masks": np.stack([pred_1, pred_2, pred_3]), "labels": [0, 0, 0], "scores": [0.9, 0.8, 0.7]}],
     )
     result = evaluator.compute()
     # Detections by score: p1 (IoU .84 with A), p2 (FP), p3 (IoU .62 with B); 2 ground-truth instances.
@@ -83,6 +84,8 @@ def test_instance_hand_worked_ap():
     assert result["map_small"] == pytest.approx(457 / 1010, abs=1e-12)  # every area is < 32^2
     assert math.isnan(result["map_medium"]) and math.isnan(result["map_large"])  # no ground truth there
     assert result["map_per_class"] == {0: pytest.approx(457 / 1010, abs=1e-12)}
+    # Recall at the cap: both objects found at IoU .50-.60 (3 thresholds), only A at .65-.80 (4), none above.
+    assert result["mar_100"] == pytest.approx((3 * 1 + 4 * 0.5) / 10, abs=1e-12)
 
 
 def test_instance_per_class_and_absent_classes():
@@ -91,8 +94,8 @@ def test_instance_per_class_and_absent_classes():
     evaluator = InstanceSegmentationEvaluator(class_names={0: "cat", 1: "dog", 2: "cow"})
     # cat: perfect. dog: a wrong-class prediction on its instance only -> AP 0. cow: no ground truth, one FP.
     evaluator.update(
-        {"masks": np.stack([a, b]), "labels": [0, 1]},
-        {"masks": np.stack([a, b, b]), "labels": [0, 0, 2], "scores": [0.9, 0.8, 0.7]},
+        [{"masks": np.stack([a, b]), "labels": [0, 1]}],
+        [{"masks": np.stack([a, b, b]), "labels": [0, 0, 2], "scores": [0.9, 0.8, 0.7]}],
     )
     result = evaluator.compute()
     per_class = result["map_per_class"]
@@ -109,27 +112,13 @@ def test_instance_crowd_ground_truth_is_ignored():
     evaluator = InstanceSegmentationEvaluator()
     # A detection inside the crowd region matches the crowd (ignored), so it is not a false positive.
     evaluator.update(
-        {"masks": np.stack([crowd, person]), "labels": [0, 0], "iscrowd": [1, 0]},
-        {"masks": np.stack([box(shape, (0, 8), (0, 8)), person]), "labels": [0, 0], "scores": [0.9, 0.8]},
+        [{"masks": np.stack([crowd, person]), "labels": [0, 0], "iscrowd": [1, 0]}],
+        [{"masks": np.stack([box(shape, (0, 8), (0, 8)), person]), "labels": [0, 0], "scores": [0.9, 0.8]}],
     )
     assert evaluator.compute()["map"] == pytest.approx(1.0, abs=1e-12)
 
 
-def test_rle_input_equals_mask_input():
-    from pycocotools import mask as mask_utils
-
-    shape = (24, 24)
-    masks = np.stack([box(shape, (0, 10), (0, 12)), box(shape, (5, 20), (8, 22))])
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    rles = [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]  # JSON-style strings
-    pred = {"masks": masks[::-1].copy(), "labels": [1, 0], "scores": [0.6, 0.4]}
-    by_mask, by_rle = InstanceSegmentationEvaluator(), InstanceSegmentationEvaluator()
-    by_mask.update({"masks": masks, "labels": [0, 1]}, pred)
-    by_rle.update({"masks": rles, "labels": [0, 1]}, pred)
-    assert_same(by_mask.compute(), by_rle.compute())
-
-
-def test_converter_handles_binary_maps_label_maps_and_empty_results():
+def test_converter_handles_binary_maps_and_empty_results():
     shape = (8, 8)
     a, b = box(shape, (0, 4), (0, 4)), box(shape, (2, 8), (2, 8))
     info = [
@@ -141,11 +130,7 @@ def test_converter_handles_binary_maps_label_maps_and_empty_results():
     )
     assert binary["masks"].dtype == bool and (binary["masks"][0] == a).all() and (binary["masks"][1] == b).all()
     assert binary["labels"].tolist() == [3, 1] and binary["scores"].tolist() == [0.7, 0.2]
-    label_map = torch.full(shape, -1)
-    label_map[torch.from_numpy(a)] = 0
-    label_map[torch.from_numpy(b)] = 1  # overlapping pixels go to the later segment, as upstream's map does
-    converted = instance_prediction_from_post_processed({"segmentation": label_map, "segments_info": info})
-    assert (converted["masks"][1] == b).all() and (converted["masks"][0] == (a & ~b)).all()
+    # Upstream's result for an image without segments: an (H, W) map of -1.
     empty = instance_prediction_from_post_processed({"segmentation": torch.full(shape, -1.0), "segments_info": []})
     assert empty["masks"].shape == (0, 8, 8) and empty["labels"].shape == (0,)
 
@@ -165,25 +150,49 @@ def test_converter_on_real_post_processing_output():
     prediction = instance_prediction_from_post_processed(result, image_size=(16, 16))
     assert prediction["masks"].shape == (len(result["segments_info"]), 16, 16)
     evaluator = InstanceSegmentationEvaluator()
-    evaluator.update({"masks": prediction["masks"], "labels": prediction["labels"]}, prediction)
+    evaluator.update([{"masks": prediction["masks"], "labels": prediction["labels"]}], [prediction])
     assert evaluator.compute()["map"] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_instance_bad_input_errors_name_the_fix():
     evaluator = InstanceSegmentationEvaluator()
-    gt = {"masks": np.zeros((1, 8, 8), bool), "labels": [0]}
+    gt = [{"masks": np.zeros((1, 8, 8), bool), "labels": [0]}]
     with pytest.raises(ValueError, match="target_sizes"):
-        evaluator.update(gt, {"masks": np.zeros((1, 4, 4), bool), "labels": [0], "scores": [1.0]})
+        evaluator.update(gt, [{"masks": np.zeros((1, 4, 4), bool), "labels": [0], "scores": [1.0]}])
     with pytest.raises(ValueError, match="scores"):
-        evaluator.update(gt, {"masks": np.zeros((1, 8, 8), bool), "labels": [0]})
+        evaluator.update(gt, [{"masks": np.zeros((1, 8, 8), bool), "labels": [0]}])
     with pytest.raises(ValueError, match="one per mask"):
-        evaluator.update(gt, {"masks": np.zeros((1, 8, 8), bool), "labels": [0, 1], "scores": [1.0]})
+        evaluator.update(gt, [{"masks": np.zeros((1, 8, 8), bool), "labels": [0, 1], "scores": [1.0]}])
+    with pytest.raises(ValueError, match="shape \\(num_instances, height, width\\)"):
+        evaluator.update(gt, [{"masks": np.zeros((8, 8), bool), "labels": [0], "scores": [1.0]}])
+    with pytest.raises(ValueError, match="lists, one item per image"):
+        evaluator.update(gt[0], {"masks": np.zeros((1, 8, 8), bool), "labels": [0], "scores": [1.0]})
     with pytest.raises(ValueError, match="before any image"):
         evaluator.compute()
+    # transformers' own run-length encoding (return_coco_annotation=True) is not binary maps.
     with pytest.raises(ValueError, match="return_binary_maps"):
         instance_prediction_from_post_processed(
             {"segmentation": [[1, 2]], "segments_info": [{"id": 0, "label_id": 0, "score": 1}]}
         )
+
+
+def test_many_large_masks_are_encoded_a_chunk_at_a_time():
+    # Dense frames: 2,000 instances at 1024 px are 2 GB of boolean masks; encoding must not copy them all at once.
+    import tracemalloc
+
+    masks = np.zeros((128, 1024, 1024), bool)  # 128 MB
+    for k in range(len(masks)):
+        masks[k, (k // 16) * 100 : (k // 16) * 100 + 40, (k % 16) * 60 : (k % 16) * 60 + 40] = True
+    evaluator = InstanceSegmentationEvaluator(max_detections=128)
+    labels = np.zeros(len(masks))
+    tracemalloc.start()
+    try:
+        evaluator.update([{"masks": masks, "labels": labels}], [{"masks": masks, "labels": labels, "scores": labels + 1}])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < masks.nbytes * 0.6, peak
+    assert evaluator.compute()["map"] == pytest.approx(1.0, abs=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------- semantic
@@ -192,7 +201,7 @@ def test_instance_bad_input_errors_name_the_fix():
 def test_semantic_perfect_prediction_gives_miou_one():
     evaluator = SemanticSegmentationEvaluator(num_classes=6)
     for sample in generate_samples(4, seed=1, config=SyntheticConfig(image_size=48)):
-        evaluator.update(sample.semantic_map, sample.semantic_map.copy())
+        evaluator.update([sample.semantic_map], [sample.semantic_map.copy()])
     result = evaluator.compute()
     assert result["mean_iou"] == 1.0 and result["pixel_accuracy"] == 1.0
 
@@ -201,7 +210,7 @@ def test_semantic_hand_worked_confusion_matrix():
     gt = np.array([[0, 0, 1], [1, 2, 255]])
     pred = np.array([[0, 1, 1], [1, 2, 0]])
     evaluator = SemanticSegmentationEvaluator(num_classes=4, class_names=["a", "b", "c", "d"])
-    evaluator.update(torch.from_numpy(gt), torch.from_numpy(pred))
+    evaluator.update([torch.from_numpy(gt)], [torch.from_numpy(pred)])
     # The ignored pixel (255) drops out; the other 5 (gt, pred) pairs: (0,0) (0,1) (1,1) (1,1) (2,2).
     #   confusion rows = gt: [[1, 1, 0, 0], [0, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
     # IoU a = 1 / (2 + 1 - 1) = 1/2; b = 2 / (2 + 3 - 2) = 2/3; c = 1 / 1 = 1; d absent from both -> NaN, excluded.
@@ -218,9 +227,11 @@ def test_semantic_hand_worked_confusion_matrix():
 def test_semantic_bad_labels_raise():
     evaluator = SemanticSegmentationEvaluator(num_classes=3)
     with pytest.raises(ValueError, match="outside 0..2"):
-        evaluator.update(np.array([[0, 7]]), np.array([[0, 1]]))
+        evaluator.update([np.array([[0, 7]])], [np.array([[0, 1]])])
     with pytest.raises(ValueError, match="target_sizes"):
-        evaluator.update(np.zeros((2, 2), int), np.zeros((3, 3), int))
+        evaluator.update([np.zeros((2, 2), int)], [np.zeros((3, 3), int)])
+    with pytest.raises(ValueError, match="integer map"):
+        evaluator.update([np.zeros((2, 2), np.float32)], [np.zeros((2, 2), int)])
     with pytest.raises(ValueError, match="also a class id"):
         SemanticSegmentationEvaluator(num_classes=3, ignore_index=1)
 
@@ -237,7 +248,7 @@ def test_panoptic_perfect_prediction_gives_pq_one():
         # Post-processing style: different segment ids, `label_id` instead of `category_id`.
         pred_map = sample.panoptic_map * 10
         pred_info = [{"id": s["id"] * 10, "label_id": s["category_id"], "score": 0.9} for s in sample.segments_info]
-        evaluator.update(gt, {"segmentation": torch.from_numpy(pred_map), "segments_info": pred_info})
+        evaluator.update([gt], [{"segmentation": torch.from_numpy(pred_map), "segments_info": pred_info}])
     result = evaluator.compute()
     assert result["pq"] == 1.0 and result["sq"] == 1.0 and result["rq"] == 1.0
     assert result["pq_things"] == 1.0 and result["pq_stuff"] == 1.0
@@ -261,7 +272,7 @@ def test_panoptic_hand_worked_pq():
     ]
     evaluator = PanopticQualityEvaluator(CATEGORIES)
     evaluator.update(
-        {"segmentation": gt, "segments_info": gt_info}, {"segmentation": pred, "segments_info": pred_info}
+        [{"segmentation": gt, "segments_info": gt_info}], [{"segmentation": pred, "segments_info": pred_info}]
     )
     result = evaluator.compute()
     # thing: P1-A IoU 20/25 = 0.8 -> TP. P2 lies 100% on void -> ignored, not FP. P3 -> FP. B (under P4, a stuff
@@ -292,11 +303,8 @@ def test_panoptic_void_leaves_union_and_crowd_absorbs_false_positives():
     pred[7:9, 2:8] = 2  # a thing entirely inside the crowd region
     evaluator = PanopticQualityEvaluator(CATEGORIES)
     evaluator.update(
-        {
-            "segmentation": gt,
-            "segments_info": [{"id": 1, "category_id": 0}, {"id": 2, "category_id": 0, "iscrowd": 1}],
-        },
-        {"segmentation": pred, "segments_info": [{"id": 1, "label_id": 0}, {"id": 2, "label_id": 0}]},
+        [{"segmentation": gt, "segments_info": [{"id": 1, "category_id": 0}, {"id": 2, "category_id": 0, "iscrowd": 1}]}],
+        [{"segmentation": pred, "segments_info": [{"id": 1, "label_id": 0}, {"id": 2, "label_id": 0}]}],
     )
     thing = evaluator.compute()["per_class"]["thing"]
     # Union without the void pixels: 24 + 20 - 16 - 8 = 20 -> IoU 16/20 = 0.8 (16/28 < 0.5 would be no match).
@@ -309,10 +317,10 @@ def test_panoptic_bad_input_raises():
     evaluator = PanopticQualityEvaluator(CATEGORIES)
     gt = {"segmentation": np.array([[1, 5]]), "segments_info": [{"id": 1, "category_id": 0}]}
     with pytest.raises(ValueError, match="not in segments_info"):
-        evaluator.update(gt, {"segmentation": np.array([[1, 1]]), "segments_info": [{"id": 1, "label_id": 0}]})
+        evaluator.update([gt], [{"segmentation": np.array([[1, 1]]), "segments_info": [{"id": 1, "label_id": 0}]}])
     gt = {"segmentation": np.array([[1, 1]]), "segments_info": [{"id": 1, "category_id": 9}]}
     with pytest.raises(ValueError, match="category 9"):
-        evaluator.update(gt, {"segmentation": np.array([[1, 1]]), "segments_info": [{"id": 1, "label_id": 0}]})
+        evaluator.update([gt], [{"segmentation": np.array([[1, 1]]), "segments_info": [{"id": 1, "label_id": 0}]}])
 
 
 # ------------------------------------------------------------------------------------------------- sharding
@@ -419,7 +427,7 @@ def test_instance_area_ranges_decide_which_bucket_an_object_counts_in():
     results = {}
     for name, ranges in (("coco", None), ("custom", {"small": (0, 50), "medium": (50, 300), "large": (300, 1e10)})):
         evaluator = InstanceSegmentationEvaluator(area_ranges=ranges)
-        evaluator.update(ground_truth, prediction)
+        evaluator.update([ground_truth], [prediction])
         results[name] = evaluator.compute()
     assert results["coco"]["map_small"] == pytest.approx(1.0) and math.isnan(results["coco"]["map_large"])
     assert results["custom"]["map_large"] == pytest.approx(1.0)

@@ -194,6 +194,7 @@ def test_crop_trained_run_reports_the_ap_the_predict_cli_gives_with_the_same_til
                      "--seed", "0", "--save_strategy", "no", "--num_overlay_images", "1"])  # fmt: skip
     reported = json.loads((out / "eval_results.json").read_text())
     assert reported["eval_map"] == pytest.approx(metrics["eval_map"])
+    assert reported["eval_max_detections"] == 100  # tiled evaluation keeps the same per-image cap
     assert json.loads((out / "tiling.json").read_text()) == {"tile_size": [64, 64], "overlap": 16}
     assert json.loads((out / "preprocessor_config.json").read_text())["size"] == {"height": 64, "width": 64}
     assert "tiling.json" in (out / "README.md").read_text()

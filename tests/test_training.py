@@ -248,6 +248,7 @@ def test_coco_folder_instance_run_outputs_and_resume(tmp_path, tiny_model_dir, c
                 "eval_mar_100", "eval_loss", "eval_map_circle", "eval_map_square", "eval_map_triangle", "eval_map_ring"]:
         assert key in results, key  # fmt: skip
     assert results["eval_num_images"] == NUM_VALID
+    assert results["eval_max_detections"] == 100  # a model with at most 100 queries: COCO's cap
     assert 0.0 <= results["eval_map"] <= 1.0 and np.isfinite(results["eval_loss"])
     assert metrics["eval_map"] == pytest.approx(results["eval_map"])
     config = _read(os.path.join(out, "config.json"))
@@ -260,6 +261,7 @@ def test_coco_folder_instance_run_outputs_and_resume(tmp_path, tiny_model_dir, c
         assert overlay.size[0] == 2 * 512 + 4 and 512 < overlay.size[1] < 560
     card = open(os.path.join(out, "README.md")).read()
     assert "\n- Map: " in card and "map: " in card and "| circle |" in card and "backbone LR multiplier | 0.1 |" in card
+    assert "(AP with up to 100 detections per image)" in card
     assert "random initialisation" in card  # no config.backbone_checkpoint on this model
     assert f"fine-tuned from `{os.path.basename(tiny_model_dir)}`" in card and "COCO-format data (`coco" in card
     _assert_names_no_local_folder(card, tmp_path, Path(tiny_model_dir).parent, Path(coco_root).parent)
@@ -486,6 +488,55 @@ def test_prediction_step_hands_trainer_only_the_logits_and_dataset_indices(tmp_p
         trainer.evaluate(plain)
 
 
+def _dense_cells(count: int, pitch: int = 3) -> np.ndarray:
+    """`count` disjoint 2x2-pixel cells on a square grid, as `(count, H, W)` uint8 masks."""
+    side = int(np.ceil(np.sqrt(count)))
+    masks = np.zeros((count, side * pitch, side * pitch), np.uint8)
+    for k in range(count):
+        row, col = divmod(k, side)
+        masks[k, row * pitch : row * pitch + 2, col * pitch : col * pitch + 2] = 1
+    return masks
+
+
+def test_perfect_predictions_of_2000_instances_score_ap_one_through_the_training_evaluation(tmp_path):
+    # Issue 24: the evaluation used to keep COCO's 100 detections per image, so a model sized to find every cell of
+    # a dense frame scored about 100 / 2,000 even when it found them all.
+    from transformers import EvalPrediction, TrainingArguments
+
+    from mask2former_dinov3.data import LabelMap, Sample, SegmentationCollator, SegmentationDataset
+    from mask2former_dinov3.training import Mask2FormerTrainer
+
+    masks = _dense_cells(2000)
+    count, size = len(masks), masks.shape[1]
+    sample = Sample(image=np.zeros((size, size, 3), np.uint8), masks=masks, labels=np.zeros(count, np.int64),
+                    iscrowd=np.zeros(count, bool), is_instance=np.ones(count, bool), image_id=0, file_name="dense.png")  # fmt: skip
+    processor = Mask2FormerDINOv3ImageProcessor(size={"height": 64, "width": 64})
+    dataset = SegmentationDataset([sample], "instance", processor, for_evaluation=True)
+    num_queries = 2500
+    model = Mask2FormerDINOv3ForUniversalSegmentation(tiny_config("vit", num_labels=1, num_queries=num_queries))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = Mask2FormerTrainer(model=model, args=args, eval_dataset=dataset, data_collator=SegmentationCollator(),
+                                 task="instance", label_map=LabelMap({0: "cell"}), image_processor=processor)  # fmt: skip
+    assert trainer.max_detections == num_queries
+    # Logits whose post-processed masks are the ground truth: query k is certain of class 0 and its mask logit is
+    # positive on cell k only; the other queries say "no object" and have empty masks. The masks are at the image's
+    # size, so that post-processing does not resize them.
+    class_logits = torch.full((1, num_queries, 2), -20.0)
+    class_logits[0, :count, 0] = class_logits[0, count:, 1] = 20.0
+    mask_logits = torch.full((1, num_queries, size, size), -20.0)
+    mask_logits[0, :count][torch.from_numpy(masks).bool()] = 20.0
+    batch = EvalPrediction(predictions=(class_logits, mask_logits), label_ids=torch.tensor([0]))
+    metrics = trainer.segmentation_metrics
+    metrics.start(dataset, trainer.max_detections)  # what trainer.evaluate() starts the metrics with
+    found = metrics(batch, compute_result=True)
+    assert found["num_images"] == 1 and found["max_detections"] == num_queries
+    assert found["map"] == pytest.approx(1.0, abs=1e-9) and found[f"mar_{num_queries}"] == pytest.approx(1.0)
+    # The old cap, COCO's 100 detections per image, throws 1,900 found cells away.
+    metrics.start(dataset, 100)
+    capped = metrics(batch, compute_result=True)
+    assert capped["max_detections"] == 100 and capped["map"] < 0.1 and capped["mar_100"] == pytest.approx(0.05)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Model card
 # ---------------------------------------------------------------------------------------------------------------------
@@ -517,3 +568,13 @@ def test_model_card_says_how_the_backbone_started_and_its_limits(tmp_path):
     # The usage section is unchanged (its snippets are run verbatim elsewhere) and stays last.
     assert pretrained.index("## Limitations") < pretrained.index("## Usage")
     assert 'pipeline("image-segmentation", model="pretrained", trust_remote_code=True)' in pretrained
+
+    # The evaluation section says how many detections per image mask AP kept (a dense model keeps its query count).
+    from mask2former_dinov3.training import ModelCardDetails, model_card_sections
+
+    metrics = {"eval_map": 0.9, "eval_max_detections": 2500.0, "eval_num_images": 3.0}
+    dense = model_card_sections(tiny_config("vit", num_labels=1, num_queries=2500),
+                                ModelCardDetails(task="instance", dataset_description="cells", metrics=metrics), "dense")  # fmt: skip
+    evaluation = dense.split("### Evaluation")[1].split("### Training settings")[0]
+    assert "map: 0.9000 on 3 images (AP with up to 2500 detections per image)." in evaluation
+    assert "with up to 2500 detections per image." in evaluation.split("Metrics:")[1]
