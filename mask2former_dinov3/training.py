@@ -35,7 +35,8 @@ import torch
 from PIL import Image
 from torch import nn
 from accelerate.utils import gather_object
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_utils import speed_metrics
 
@@ -274,6 +275,39 @@ class SegmentationMetrics:
 LOGIT_KEYS = ("class_queries_logits", "masks_queries_logits")
 
 
+class ConvertedCheckpointWeights(TrainerCallback):
+    """Reloads a checkpoint's weights through `from_pretrained` where Trainer loads them without key conversion.
+
+    `save_pretrained` writes checkpoints in their original key layout: it reverts the key conversions that
+    `from_pretrained` applies (DINOv3's `layer.*` names, the 0.3.0 adapter names). Trainer loads a checkpoint back,
+    when resuming and for `load_best_model_at_end`, with `load_state_dict(strict=False)` and no conversion
+    (transformers #43701, #48805): the backbone and adapter would silently keep their current values. This callback
+    loads the same checkpoint through `from_pretrained` right after Trainer's load (at the start of the resumed
+    run; at the end of training for the best model). DeepSpeed and FSDP keep their own checkpoint formats.
+    """
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.resumed_from = trainer, None
+
+    def reload(self, model, checkpoint: str) -> None:
+        """Load `checkpoint`'s weights into `model` in place (the optimizer keeps its parameters)."""
+        if self.trainer.is_deepspeed_enabled or self.trainer.is_fsdp_enabled:
+            return
+        loaded = type(model).from_pretrained(checkpoint, config=model.config)
+        model.load_state_dict(loaded.state_dict())
+        logger.info("Loaded the weights of %s with their key conversions.", checkpoint)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """Reload the checkpoint a resumed run started from."""
+        if self.resumed_from is not None:
+            self.reload(model, self.resumed_from)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        """Reload the best checkpoint that `load_best_model_at_end` has just loaded."""
+        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            self.reload(model, state.best_model_checkpoint)
+
+
 class Mask2FormerTrainer(Trainer):
     """`Trainer` for Mask2FormerDINOv3: backbone / layer-wise learning rates, and segmentation metrics at evaluation.
 
@@ -316,6 +350,14 @@ class Mask2FormerTrainer(Trainer):
         self.card_details: ModelCardDetails | None = None  # set before create_model_card
         # Mask2Former normalises its loss itself (by the number of masks): Trainer must not rescale it.
         self.model_accepts_loss_kwargs = False
+        self.checkpoint_weights = ConvertedCheckpointWeights(self)
+        self.add_callback(self.checkpoint_weights)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """Trainer's `train`; a checkpoint it resumes from gets its weights through `ConvertedCheckpointWeights`."""
+        last = resume_from_checkpoint is True and get_last_checkpoint(self.args.output_dir)
+        self.checkpoint_weights.resumed_from = (last if resume_from_checkpoint is True else resume_from_checkpoint) or None
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     @property
     def max_detections(self) -> int:
@@ -614,6 +656,7 @@ def model_card_sections(config, details: ModelCardDetails, folder: str) -> str:
 __all__ = [
     "MAIN_METRIC",
     "ModelCardDetails",
+    "ConvertedCheckpointWeights",
     "Mask2FormerTrainer",
     "SegmentationMetrics",
     "build_param_groups",

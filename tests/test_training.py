@@ -275,6 +275,44 @@ def test_coco_folder_instance_run_outputs_and_resume(tmp_path, tiny_model_dir, c
     assert steps_logged == [1, 2, 3]
 
 
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def test_resumed_and_best_models_get_their_checkpoints_weights(tmp_path, tiny_model_dir, coco_root):
+    # save_pretrained writes DINOv3's and the 0.3.0 adapter's original key names, which Trainer's own checkpoint
+    # load (load_state_dict, strict=False) skips: without ConvertedCheckpointWeights the backbone and adapter of a
+    # resumed run would keep the starting model's values.
+    from transformers import TrainerControl, TrainerState
+
+    from mask2former_dinov3.training import ConvertedCheckpointWeights  # noqa
+
+    first, resumed = str(tmp_path / "first"), str(tmp_path / "resumed")
+    common = ["--model_name_or_path", tiny_model_dir, "--data_dir", coco_root, "--do_train", "--num_overlay_images",
+              "0", "--save_strategy", "steps", "--save_steps", "1", "--learning_rate", "1e-2", *SMALL]  # fmt: skip
+    main([*common, "--output_dir", first, "--max_steps", "2"])
+    checkpoint = os.path.join(first, "checkpoint-2")
+    saved = _weights(checkpoint)
+    model = Mask2FormerDINOv3ForUniversalSegmentation.from_pretrained(tiny_model_dir, num_labels=4,
+                                                                   ignore_mismatched_sizes=True)
+    assert set(saved) != set(model.state_dict())  # the checkpoint's layout is not the modules' names
+    # Resumed at its last step: no step runs, so the saved model is the checkpoint's weights.
+    main([*common, "--output_dir", resumed, "--max_steps", "2", "--resume_from_checkpoint", checkpoint])
+    after = _weights(resumed)
+    assert set(after) == set(saved) and all(torch.equal(after[k], saved[k]) for k in saved)
+
+    # load_best_model_at_end: Trainer loads the best checkpoint the same way; the callback reloads it at train end.
+    trainer = type("T", (), {"is_deepspeed_enabled": False, "is_fsdp_enabled": False})()
+    state = TrainerState(best_model_checkpoint=checkpoint)
+    args = parse_args(["--output_dir", first, "--data_dir", coco_root, "--load_best_model_at_end",
+                       "--eval_strategy", "steps", "--save_strategy", "steps"])[2]  # fmt: skip
+    ConvertedCheckpointWeights(trainer).on_train_end(args, state, TrainerControl(), model=model)
+    expected = Mask2FormerDINOv3ForUniversalSegmentation.from_pretrained(checkpoint).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+
+
 def test_semantic_run_reports_miou(tmp_path, tiny_model_dir, coco_root):
     out = str(tmp_path / "out")
     # Also: gradient (activation) checkpointing through TrainingArguments (upstream Mask2Former refuses it).
