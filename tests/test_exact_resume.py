@@ -32,13 +32,6 @@ def _losses(output_dir):
 
 
 @pytest.mark.slow  # two training runs in new interpreters, with two dataloader workers each
-@pytest.mark.xfail(
-    strict=True,
-    reason="Trainer._load_from_checkpoint loads checkpoint-3's model.safetensors with load_state_dict(strict=False), "
-    "without the model's checkpoint key conversion (saved 'encoder.layer.N' / 'encoder.stages.K' vs in-memory "
-    "'encoder.model.layer.N'; the adapter's renamed modules): the backbone and adapter silently keep their initial "
-    "weights on resume. Exact once the Trainer loads through from_pretrained (measured: bit-identical losses).",
-)
 def test_resumed_run_logs_the_losses_of_the_uninterrupted_run(tmp_path):
     data = tmp_path / "data"
     # 4 training images, batch 2: 2 steps an epoch. Resumed after step 3, in the middle of epoch 2: step 4 ends that
