@@ -6,8 +6,9 @@
 Each case runs in its own interpreter (peak RSS is per process): it writes a 1024x1024 16-bit image and its uint16
 label image (StarDist layout) with N round cells on a grid, then builds `SegmentationDataset.__getitem__` once with
 the fine-tuning script's default augmentation (`--max_scale 2.0`, scale jitter, flip, colour jitter) at 1024x1024,
-and prints the process's peak RSS and the RSS before the item (imports and data loaded). Run it with another
-checkout on PYTHONPATH to compare (e.g. `PYTHONPATH=/path/to/main python benchmarks/data_item_memory.py`).
+and prints the process's peak RSS, the RSS before the item (imports and data loaded) and the item's CPU time. Run
+it with another checkout on PYTHONPATH to compare (e.g. `PYTHONPATH=/path/to/main python
+benchmarks/data_item_memory.py`); the random draws of two checkouts may differ, so compare `instances_in_item` too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 
 
 SIZE = 1024
@@ -48,11 +50,13 @@ def _case(cells: int, folder: str) -> dict:
     source = LabelImageSource(find_label_image_pairs(os.path.join(folder, "train")))
     dataset = SegmentationDataset(source, "instance", processor, augmentation, seed=0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.process_time()
     item = dataset[0]
+    cpu = time.process_time() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     masks = item["mask_labels"]
     return {"cells": cells, "instances_in_item": int(masks.shape[0]), "mask_dtype": str(masks.dtype),
-            "peak_rss_mb": round(peak), "rss_before_item_mb": round(before)}  # fmt: skip
+            "peak_rss_mb": round(peak), "rss_before_item_mb": round(before), "item_cpu_s": round(cpu, 2)}  # fmt: skip
 
 
 def main() -> None:
