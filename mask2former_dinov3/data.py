@@ -610,6 +610,7 @@ class HFSegmentationSource:
             if column not in dataset.column_names:
                 raise DataError(f"{name}: no {column!r} column (columns: {dataset.column_names}).")
         self.dataset = dataset
+        self.annotations = dataset.select_columns(["annotation"])  # to count instances without decoding the images
         self.label_map = label_map
         self.do_reduce_labels = do_reduce_labels
         self.name = name
@@ -621,7 +622,7 @@ class HFSegmentationSource:
         """Labels of row `index`'s segments and which are instances, from its annotation PNG (the image is not
         decoded), and the row's name."""
         where = f"{self.name} row {index}"
-        annotation = np.asarray(self.dataset.select_columns(["annotation"])[index]["annotation"])
+        annotation = np.asarray(self.annotations[index]["annotation"])
         _, labels, things = segments_from_annotation_png(annotation, self.label_map, self.do_reduce_labels, where)
         return np.asarray(labels, np.int64), np.asarray(things, bool), where
 
