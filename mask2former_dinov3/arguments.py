@@ -58,25 +58,18 @@ class ModelArguments:
     _argument_group_name = "Model (at most one of --model_name_or_path / --preset / --backbone_name_or_path)"
 
     model_name_or_path: str | None = arg(
-        None, "A saved Mask2FormerDINOv3 model (folder / hub id); its head gets the data's labels."
+        None, "A saved Mask2FormerDINOv3 model (folder / hub id), its head resized to the labels."
     )
     preset: str | None = arg(None, "A DINOv3 preset (e.g. dinov3-vits16): random-init model.")
-    backbone_name_or_path: str | None = arg(
-        None, "Pretrained DINOv3 backbone (hub id / folder / Meta .pth) for from_dinov3_pretrained."
-    )
-    head_name_or_path: str | None = arg(
-        None, "With --backbone_name_or_path: a Mask2Former checkpoint whose head is transferred."
-    )
-    config_overrides: str | None = arg(
-        None, "Config fields of a new model, e.g. 'num_queries=50,hidden_dim=128'. Without num_queries: enough for the "
-        "densest training image (1.25 x its instances, at least 100 for --preset / --backbone_name_or_path).",
-    )  # fmt: skip
+    backbone_name_or_path: str | None = arg(None, "Pretrained DINOv3 backbone (hub id / folder / Meta .pth).")
+    head_name_or_path: str | None = arg(None, "With --backbone_name_or_path: a Mask2Former whose head is reused.")
+    config_overrides: str | None = arg(None, "Config fields of a new model, e.g. 'num_queries=50,hidden_dim=128'. "
+        "Without num_queries: enough for the densest training image (1.25 x its instances, at least 100 for --preset "
+        "/ --backbone_name_or_path).")
     freeze_backbone: bool = arg(False, "Train without updating the DINOv3 backbone.")
     cache_dir: str | None = arg(None, "Where downloaded models / datasets are cached.")
     token: str | None = arg(None, "Hugging Face Hub token (private models / datasets).")
-    trust_remote_code: bool = arg(
-        False, "Let --dataset_name run a dataset loading script from the Hub; it does not concern the model."
-    )
+    trust_remote_code: bool = arg(False, "Let --dataset_name run a Hub dataset script (not for the model).")
 
 
 @dataclass
@@ -85,17 +78,12 @@ class DataArguments:
 
     _argument_group_name = "Data (--data_dir, --*_annotation_file or --dataset_name; none: the offline default)"
 
-    task: Literal["instance", "semantic", "panoptic"] = arg(
-        "instance", "Task: its targets, post-processing and metric (mAP, mIoU, PQ)."
-    )
-    dataset_name: str | None = arg(
-        None, "HF dataset (hub name or folder) in transformers' example format: image, annotation PNG (channel 0 "
-        "semantic id, channel 1 instance id), semantic_class_to_id.",
-    )  # fmt: skip
-    data_dir: str | None = arg(
-        None, "train/, valid/ (test/): COCO in Roboflow's layout (_annotations.coco.json), or label images in StarDist's "
-        "(images/NAME.tif, masks/NAME.tif) or Cellpose's layout (NAME.tif or NAME_img.tif, NAME_masks.tif).",
-    )  # fmt: skip
+    task: Literal["instance", "semantic", "panoptic"] = arg("instance", "Its targets and metric (mAP, mIoU, PQ).")
+    dataset_name: str | None = arg(None, "HF dataset (hub name or folder) in transformers' example format: image, "
+        "annotation PNG (channel 0 semantic id, channel 1 instance id), semantic_class_to_id.")
+    data_dir: str | None = arg(None, "train/, valid/ (test/): COCO in Roboflow's layout (_annotations.coco.json), or "
+        "label images in StarDist's (images/NAME.tif, masks/NAME.tif) or Cellpose's layout (NAME.tif or NAME_img.tif, "
+        "NAME_masks.tif).")
     label_image_class: str = arg("cell", "Label-image folders: the name of their one class (0 is background).")
     train_annotation_file: str | None = arg(None, "COCO JSON of the training split.")
     train_image_dir: str | None = arg(None, "Its images (default: the JSON's folder).")
@@ -105,11 +93,9 @@ class DataArguments:
     test_image_dir: str | None = arg(None, "Images of the test split.")
     image_height: int = arg(512, "Training / inference height (multiple of 32).")
     image_width: int = arg(512, "Training / inference width (multiple of 32).")
-    crop_to_size: list[int] | None = arg(
-        None, "H [W] (multiples of 32): train on random H x W crops at native resolution instead of resizing, and "
-        "evaluate by H x W tiles (tiling.json makes mask2former-dinov3-predict tile too). Replaces "
-        "--image_height/--image_width; instance and semantic tasks.",
-    )  # fmt: skip
+    crop_to_size: list[int] | None = arg(None, "H [W] (multiples of 32): train on random H x W crops at native "
+        "resolution instead of resizing, and evaluate by H x W tiles (tiling.json makes mask2former-dinov3-predict "
+        "tile too). Replaces --image_height/--image_width; instance and semantic tasks.")
     do_reduce_labels: bool = arg(False, "HF format: semantic id 0 is background (ignored), the others shift by -1.")
     train_val_split: float = arg(0.15, "HF format without a validation split: fraction of train held out.")
     max_train_samples: int | None = arg(None, "Use only the first N training images.")
@@ -138,10 +124,9 @@ class EvaluationArguments:
     panoptic_threshold: float = arg(0.5, "Score threshold of panoptic post-processing.")
     num_overlay_images: int = arg(4, "Validation images drawn into predictions/.")
     overlay_threshold: float = arg(0.5, "Instance score threshold of the overlays.")
-    intensity_normalization: Literal["percentile", "minmax", "fixed"] = arg(
-        "percentile", "Images that are not 8-bit: map each image's 1st / 99.8th percentiles (or min / max, or "
-        "0..65535) to 0..255. Saved in the image processor; 8-bit images are never changed.",
-    )  # fmt: skip
+    intensity_normalization: Literal["percentile", "minmax", "fixed"] = arg("percentile", "Images that are not 8-bit: "
+        "map each image's 1st / 99.8th percentiles (or min / max, or 0..65535) to 0..255. Saved in the image "
+        "processor; 8-bit images are never changed.")
 
 
 @dataclass
@@ -154,9 +139,7 @@ class SyntheticDataArguments:
     synthetic_eval_samples: int = arg(100, "Offline default: validation images.")
     synthetic_seed: int = arg(0, "Offline default: generator seed.")
     synthetic_image_size: int = arg(128, "Offline default: image side in pixels.")
-    synthetic_size_probabilities: str = arg(
-        "0.1,0.5,0.4", "Offline default: probabilities of small / medium / large shapes."
-    )
+    synthetic_size_probabilities: str = arg("0.1,0.5,0.4", "Offline default: P(small, medium, large shape).")
 
 
 # The command line shows each part as its own group of --help; the script works with their union.
@@ -170,10 +153,7 @@ class DataTrainingArguments(SyntheticDataArguments, EvaluationArguments, Augment
     @classmethod
     def from_parts(cls, *parts) -> DataTrainingArguments:
         """The union of parsed `DATA_ARGUMENT_PARTS` instances."""
-        values = {}
-        for part in parts:
-            values.update({f.name: getattr(part, f.name) for f in fields(part)})
-        return cls(**values)
+        return cls(**{f.name: getattr(part, f.name) for part in parts for f in fields(part)})
 
 
 @dataclass
@@ -187,15 +167,13 @@ class SegmentationTrainingArguments(TrainingArguments):
 
     overwrite_output_dir: bool = arg(False, "Train into a non-empty --output_dir holding another run (no checkpoint).")
     backbone_lr_multiplier: float | None = arg(
-        None, "Backbone LR = learning_rate x this (default: 0.1 if pretrained, else 1)."
+        None, "Backbone LR = learning_rate x this (default 0.1 if pretrained, else 1)."
     )
     layer_decay: float | None = arg(None, "ViT layer-wise LR decay (e.g. 0.8): block i of L gets decay^(L-i).")
     remove_unused_columns: bool = arg(False, "Kept False: the collator needs every field.")
     # Trainer's own --debug takes values; bare, it only asks this script for full tracebacks (see `cli`).
-    debug: str = arg(
-        "", "Bare --debug: errors show their full traceback instead of one 'error:' line. With values "
-        "(underflow_overflow, tpu_metrics_debug): Trainer's debug features as well.", nargs="*",
-    )  # fmt: skip
+    debug: str = arg("", "Bare --debug: errors show their full traceback instead of one 'error:' line. With values "
+        "(underflow_overflow, tpu_metrics_debug): Trainer's debug features as well.", nargs="*")
 
     def __post_init__(self):
         if isinstance(self.debug, list):  # nargs="*" gives a list of words; Trainer takes one string
@@ -291,7 +269,7 @@ def crop_size(data_args: DataTrainingArguments) -> tuple[int, int] | None:
     height, width = (values * 2)[:2]
     if len(values) not in (1, 2) or height <= 0 or width <= 0 or height % INPUT_SIZE_MULTIPLE or width % INPUT_SIZE_MULTIPLE:
         raise CommandLineError(f"--crop_to_size takes H or H W, positive multiples of {INPUT_SIZE_MULTIPLE} (the "
-                               f"model's coarsest stride); got {' '.join(map(str, values))}.")  # fmt: skip
+                               f"model's coarsest stride); got {'x'.join(map(str, values * (2 if len(values) == 1 else 1)))}.")  # fmt: skip
     if data_args.task == "panoptic":
         raise CommandLineError("--crop_to_size supports --task instance and semantic (tiled evaluation), not panoptic.")
     return int(height), int(width)
@@ -318,11 +296,9 @@ def check_arguments(model_args: ModelArguments, data_args: DataTrainingArguments
             raise CommandLineError(f"--{flag} {path} {kind if os.path.exists(path) else 'does not exist'}.")
     for args, flag in ((data_args, "dataset_name"), *((model_args, f) for f in (*MODEL_FLAGS, "head_name_or_path"))):
         name = getattr(args, flag)
-        if flag == "preset" or not name or os.path.exists(name) or not looks_like_path(name):
-            continue
-        raise CommandLineError(
-            f"--{flag} {name} does not exist (read as a local path; Hub repositories are named like org/name)."
-        )
+        if flag != "preset" and name and not os.path.exists(name) and looks_like_path(name):
+            raise CommandLineError(f"--{flag} {name} does not exist (read as a local path; Hub repositories are named "
+                                   "like org/name).")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -300,11 +300,10 @@ def _check_queries(count: InstanceCount | None, model, model_args: ModelArgument
     if count is None or count.largest <= num_queries:
         return
     fix = f"pass --config_overrides num_queries={math.ceil(QUERIES_PER_INSTANCE * count.largest)}"
-    if model_args.model_name_or_path or model_args.head_name_or_path:
-        fix = (f"the queries of an existing checkpoint (or transferred head) are fixed: train a new model (--preset or "
-               f"--backbone_name_or_path without --head_name_or_path), which gets enough from the data, or {fix} to it")  # fmt: skip
-    else:
-        fix = f"{fix[0].upper()}{fix[1:]} (or leave num_queries out: it is then chosen from the data)"
+    fix = (f"the queries of an existing checkpoint (or transferred head) are fixed: train a new model (--preset or "
+           f"--backbone_name_or_path without --head_name_or_path), which gets enough from the data, or {fix} to it"
+           if model_args.model_name_or_path or model_args.head_name_or_path
+           else f"{fix} (or leave num_queries out: it is then chosen from the data)")  # fmt: skip
     logger.warning("The densest training image (%s) has %d instances but the model has num_queries=%d: it can find at "
                    "most %d objects per image and the other instances are never matched in training. %s.",
                    count.image, count.largest, num_queries, num_queries, fix[0].upper() + fix[1:])  # fmt: skip
@@ -396,21 +395,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.backbone_lr_multiplier is None:  # Mask2Former's 0.1 for pretrained weights
         training_args.backbone_lr_multiplier = 0.1 if pretrained else 1.0
     trainer = Mask2FormerTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=SegmentationCollator(),
-        processing_class=image_processor,
-        task=data_args.task,
-        label_map=label_map,
-        image_processor=image_processor,
-        instance_threshold=data_args.instance_threshold,
-        panoptic_threshold=data_args.panoptic_threshold,
-        tile_size=tile_size,
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        data_collator=SegmentationCollator(), processing_class=image_processor, task=data_args.task,
+        label_map=label_map, image_processor=image_processor, instance_threshold=data_args.instance_threshold,
+        panoptic_threshold=data_args.panoptic_threshold, tile_size=tile_size,
         tile_overlap=default_overlap(tile_size) if native else 0,
         callbacks=[EpochCallback(train_dataset, training_args)] if train_dataset is not None else None,
-    )
+    )  # fmt: skip
 
     with run_phase():
         if training_args.do_train:

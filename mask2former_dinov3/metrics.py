@@ -33,11 +33,9 @@ from pycocotools import mask as mask_utils
 
 
 __all__ = [
-    "InstanceSegmentationEvaluator",
-    "PanopticQualityEvaluator",
-    "SemanticSegmentationEvaluator",
-    "instance_prediction_from_post_processed",
-]
+    "InstanceSegmentationEvaluator", "PanopticQualityEvaluator", "SemanticSegmentationEvaluator",
+    "instance_prediction_from_post_processed"
+]  # fmt: skip
 
 _NAN = float("nan")
 COCO_MAX_DETECTIONS = 100  # COCO's maxDets: the cap of models with at most 100 queries, so their AP stays comparable

@@ -654,16 +654,7 @@ def model_card_sections(config, details: ModelCardDetails, folder: str) -> str:
 
 
 __all__ = [
-    "MAIN_METRIC",
-    "ModelCardDetails",
-    "ConvertedCheckpointWeights",
-    "Mask2FormerTrainer",
-    "SegmentationMetrics",
-    "build_param_groups",
-    "flatten_metrics",
-    "model_card_sections",
-    "post_process_predictions",
-    "save_prediction_overlays",
-    "tiled_prediction",
-    "vit_layer_id",
-]
+    "MAIN_METRIC", "ModelCardDetails", "ConvertedCheckpointWeights", "Mask2FormerTrainer", "SegmentationMetrics",
+    "build_param_groups", "flatten_metrics", "model_card_sections", "post_process_predictions",
+    "save_prediction_overlays", "tiled_prediction", "vit_layer_id"
+]  # fmt: skip
