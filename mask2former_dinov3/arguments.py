@@ -69,7 +69,8 @@ class ModelArguments:
     freeze_backbone: bool = arg(False, "Train without updating the DINOv3 backbone.")
     cache_dir: str | None = arg(None, "Where downloaded models / datasets are cached.")
     token: str | None = arg(None, "Hugging Face Hub token (private models / datasets).")
-    trust_remote_code: bool = arg(False, "Let --dataset_name run a Hub dataset script (not for the model).")
+    trust_remote_code: bool = arg(False, "Let --dataset_name run a dataset loading script from the Hub; it "
+                                  "does not concern the model.")
 
 
 @dataclass
