@@ -810,7 +810,8 @@ class _MaskGradients:
     def __init__(self, embeddings: torch.Tensor, features: torch.Tensor, needs_input_grad):
         self.inputs = embeddings, features
         self.embeddings = torch.zeros_like(embeddings) if needs_input_grad[0] else None
-        self.features = torch.zeros_like(features) if needs_input_grad[1] else None
+        # Contiguous, so that each image's gradient is a `(channels, pixels)` view to accumulate into.
+        self.features = features.new_zeros(features.shape) if needs_input_grad[1] else None
 
     def add(self, image: int, rows: slice, points: torch.Tensor, grad_logits: torch.Tensor) -> None:
         """Add the gradient `grad_logits` (`(masks, points)`) of the chunk's logits at `points`."""
@@ -823,8 +824,8 @@ class _MaskGradients:
             grad_masks = grad_masks.flatten(1).to(features.dtype)
             if self.embeddings is not None:
                 self.embeddings[rows] = grad_masks @ features[image].flatten(1).T
-            if self.features is not None:
-                self.features[image] += (embeddings[rows].T @ grad_masks).view_as(features[image])
+            if self.features is not None:  # in place: no `(channels, pixels)` product per chunk to add
+                self.features[image].view(features.shape[1], -1).addmm_(embeddings[rows].T, grad_masks)
 
 
 def _point_losses(logits, labels, num_masks, grad_mask=None, grad_dice=None):
