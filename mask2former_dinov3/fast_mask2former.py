@@ -817,10 +817,12 @@ class _MaskGradients:
         """Add the gradient `grad_logits` (`(masks, points)`) of the chunk's logits at `points`."""
         embeddings, features = self.inputs
         # In the inputs' dtypes also when the forward pass (which may keep the gradient) runs under autocast.
-        with torch.enable_grad(), torch.autocast(points.device.type, enabled=False):
-            zero_masks = points.new_zeros(len(points), 1, *features.shape[-2:], requires_grad=True)
-            sampled = sample_point(zero_masks, points, align_corners=False)
-            (grad_masks,) = torch.autograd.grad(sampled, zero_masks, grad_logits[:, None])
+        with torch.autocast(points.device.type, enabled=False):
+            with torch.enable_grad():
+                zero_masks = points.new_zeros(len(points), 1, *features.shape[-2:], requires_grad=True)
+                sampled = sample_point(zero_masks, points, align_corners=False)
+                (grad_masks,) = torch.autograd.grad(sampled, zero_masks, grad_logits[:, None])
+            # Outside grad mode: the products of the inputs must not build a graph that keeps every chunk.
             grad_masks = grad_masks.flatten(1).to(features.dtype)
             if self.embeddings is not None:
                 self.embeddings[rows] = grad_masks @ features[image].flatten(1).T

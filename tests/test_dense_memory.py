@@ -87,6 +87,8 @@ def test_chunked_point_losses_equal_upstream_on_full_masks(monkeypatch, chunk_el
     ours_losses, ours_grads = run(ours, True)
     # One pass over the chunks per layer in the forward pass, and one more in the backward pass when replayed.
     assert len(passes) == layers * (1 if dice_gradient == 1.0 else 2)
+    kept = ours_losses["loss_mask"].grad_fn.kept  # the autograd node of `_PointMaskLosses`
+    assert kept is not None and kept.features.grad_fn is None and kept.embeddings.grad_fn is None  # no graph kept
     upstream_losses, upstream_grads = run(upstream, False)
     assert set(ours_losses) == set(upstream_losses)
     for key, value in upstream_losses.items():
