@@ -13,6 +13,7 @@ class itself and this swap would not exist. `use_upstream_units` swaps back (equ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -460,18 +461,46 @@ class FastMask2FormerMaskPredictor(Mask2FormerMaskPredictor):
         return (masks if self.lazy_masks else masks.materialize()), HeadSharedAttentionMask(masked, self.num_heads)
 
 
-def _pair_wise_mask_costs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class _SparseTargets:
+    """A `(targets, points)` matrix of target samples held as its nonzero entries: `rows` (target), `columns`
+    (point) and `values`, for the matcher's products when the targets are small against the image (cells)."""
+
+    def __init__(self, rows: torch.Tensor, columns: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]):
+        self.rows, self.columns, self.values, self.shape = rows, columns, values, shape
+
+    def to(self, like: torch.Tensor) -> "_SparseTargets":
+        """The same matrix with values in `like`'s dtype and device."""
+        return _SparseTargets(self.rows, self.columns, self.values.to(like), self.shape)
+
+    def sum(self, dim: int) -> torch.Tensor:
+        """Per-target sums (`dim=1`)."""
+        if dim != 1:
+            raise ValueError("only per-target sums (dim=1) are used")
+        return self.values.new_zeros(self.shape[0]).index_add_(0, self.rows, self.values)
+
+
+def _times_targets(x: torch.Tensor, targets: torch.Tensor | _SparseTargets) -> torch.Tensor:
+    """`x @ targets.T` for `(queries, points)` `x`; from the nonzero target samples only when sparse (each point
+    lies in a few cells at most, so this reads a few values per point instead of one per target)."""
+    if isinstance(targets, torch.Tensor):
+        return x @ targets.T
+    # (points, queries) rows gathered at the nonzeros, weighted and summed per target.
+    gathered = x.T[targets.columns] * targets.values[:, None]
+    return x.new_zeros(targets.shape[0], x.shape[0]).index_add_(0, targets.rows, gathered).T
+
+
+def _pair_wise_mask_costs(logits: torch.Tensor, targets) -> tuple[torch.Tensor, torch.Tensor]:
     """Upstream's `pair_wise_sigmoid_cross_entropy_loss` and `pair_wise_dice_loss` of `(queries, points)` logits
-    against `(targets, points)` binary targets, with two matrix products instead of three.
+    against `(targets, points)` binary targets (a tensor or `_SparseTargets`), with two products instead of three.
 
     BCE(x, 1) - BCE(x, 0) = -x, so the cross-entropy against a target t is sum(BCE(x, 0)) - x . t: one product
     instead of one for the positive and one for the negative points. With hundreds of targets per image these
-    products are most of the matcher's time.
+    products are most of the matcher's time, unless the targets are sparse (`_SparseTargets`).
     """
     points = logits.shape[1]
-    cross_entropy = (nn.functional.softplus(logits).sum(1, keepdim=True) - logits @ targets.T) / points
+    cross_entropy = (nn.functional.softplus(logits).sum(1, keepdim=True) - _times_targets(logits, targets)) / points
     probabilities = logits.sigmoid()
-    overlap = 2 * probabilities @ targets.T
+    overlap = 2 * _times_targets(probabilities, targets)
     dice = 1 - (overlap + 1) / (probabilities.sum(1, keepdim=True) + targets.sum(1)[None] + 1)
     return cross_entropy, dice
 
@@ -483,7 +512,10 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
     The matcher compares masks at `num_points` random points shared by all queries of an image. Sampling (bilinear)
     and the query-feature product are both linear, so the mask features are sampled once at those points and
     multiplied by the query embeddings: the same costs without any query's full mask. Points are drawn as upstream
-    does (one `torch.rand` per image), so a fixed seed gives the same matching.
+    does (one `torch.rand` per image), so a fixed seed gives the same matching. With many small targets (cells) each
+    point lies near a few of them at most, and the products read only the nonzero target samples
+    (`_sparse_samples_at_shared_points`): at 2,000 cells and 2,500 queries they were most of the matcher's time
+    after the assignment itself.
     """
 
     @torch.no_grad()
@@ -494,8 +526,13 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
         indices = []
         for image, (classes, targets) in enumerate(zip(class_labels, mask_labels)):
             points = torch.rand(1, self.num_points, 2, device=class_queries_logits.device)
-            # Targets of any dtype are read at the points only (bool labels are never converted as a whole).
-            target_points = _sample_at_shared_points(targets, points[0]).to(class_queries_logits.dtype)
+            # Targets of any dtype are read at the points only (bool labels are never converted as a whole); as
+            # their nonzero samples when few points fall near each target's box (cells), else as a dense matrix.
+            boxes = mask_labels.boxes(image) if isinstance(mask_labels, _TargetMasks) else _nonzero_boxes(targets)
+            target_points = _sparse_samples_at_shared_points(targets, boxes, points[0])
+            if target_points is None:
+                target_points = _sample_at_shared_points(targets, points[0])
+            target_points = target_points.to(class_queries_logits)
             if lazy:
                 feature_points = sample_point(features[image : image + 1], points, align_corners=False)[0]
             class_costs = class_queries_logits[image].softmax(-1)[:, classes]
@@ -647,6 +684,50 @@ def _sample_at_shared_points(targets: torch.Tensor, points: torch.Tensor) -> tor
     return torch.cat(sampled) if sampled else points.new_zeros(0, len(points))
 
 
+def _sparse_samples_at_shared_points(targets: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor,
+                                     max_density: float = 1 / 16) -> _SparseTargets | None:  # fmt: skip
+    """`_sample_at_shared_points(targets, points)` as its nonzero entries, found from the targets' `[top, bottom,
+    left, right)` boxes; None when more than `max_density` of all (target, point) pairs lie near a box (large
+    masks, where the dense matrix is cheaper).
+
+    A point reads the 2x2 pixels from its lower corner, so it can be nonzero for a target only if that block meets
+    the target's box. The points are sorted by column once; each box's column range is then a slice of them (two
+    binary searches), and only those points' lines are checked and their four pixels read.
+    """
+    height, width = targets.shape[-2:]
+    num_targets, num_points = len(targets), len(points)
+    pixels = (2 * points - 1 + 1) * (points.new_tensor([width, height]) / 2) - 0.5
+    lower = pixels.floor()
+    fraction = pixels - lower
+    column, line = lower.long().unbind(1)
+    column_sorted, order = torch.sort(column)
+    top, bottom, left, right = boxes.to(column.device).T.contiguous()
+    starts = torch.searchsorted(column_sorted, left - 1)
+    counts = (torch.searchsorted(column_sorted, right) - starts).clamp_min(0)
+    total = int(counts.sum())
+    if total > max_density * num_targets * num_points:
+        return None
+    rows = torch.repeat_interleave(torch.arange(num_targets, device=column.device), counts, output_size=total)
+    first = torch.cumsum(counts, 0) - counts
+    positions = torch.arange(total, device=column.device) + torch.repeat_interleave(starts - first, counts,
+                                                                                   output_size=total)  # fmt: skip
+    columns = order[positions]
+    near = (line[columns] >= top[rows] - 1) & (line[columns] < bottom[rows])
+    rows, columns = rows[near], columns[near]
+    values = points.new_zeros(len(rows))
+    for dy in (0, 1):  # the order of `_sample_at_shared_points`, so that each sample is summed alike
+        for dx in (0, 1):
+            x, y = column[columns] + dx, line[columns] + dy
+            inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+            weight = (fraction[columns, 0] if dx else 1 - fraction[columns, 0]) * (
+                fraction[columns, 1] if dy else 1 - fraction[columns, 1]
+            )
+            read = targets[rows, y.clamp(0, height - 1), x.clamp(0, width - 1)].to(values.dtype)
+            values += read * (weight * inside)
+    nonzero = values != 0
+    return _SparseTargets(rows[nonzero], columns[nonzero], values[nonzero], (num_targets, num_points))
+
+
 def _rng_state(device: torch.device):
     """The state of the default generator that `torch.rand(..., device=device)` draws from."""
     if device.type == "cpu":
@@ -721,6 +802,56 @@ class _MatchedPointSampler:
             _set_rng_state(self.device, final_state)
 
 
+class _MaskGradients:
+    """Gradients of `embeddings` and `features` summed from chunks of gradients at the point logits of the masks
+    `embeddings[rows] @ features[image]`: the bilinear sampling's gradient scattered onto a zero mask, then two
+    matrix products."""
+
+    def __init__(self, embeddings: torch.Tensor, features: torch.Tensor, needs_input_grad):
+        self.inputs = embeddings, features
+        self.embeddings = torch.zeros_like(embeddings) if needs_input_grad[0] else None
+        # Contiguous, so that each image's gradient is a `(channels, pixels)` view to accumulate into.
+        self.features = features.new_zeros(features.shape) if needs_input_grad[1] else None
+
+    def add(self, image: int, rows: slice, points: torch.Tensor, grad_logits: torch.Tensor) -> None:
+        """Add the gradient `grad_logits` (`(masks, points)`) of the chunk's logits at `points`."""
+        embeddings, features = self.inputs
+        # In the inputs' dtypes also when the forward pass (which may keep the gradient) runs under autocast.
+        with torch.autocast(points.device.type, enabled=False):
+            with torch.enable_grad():
+                zero_masks = points.new_zeros(len(points), 1, *features.shape[-2:], requires_grad=True)
+                sampled = sample_point(zero_masks, points, align_corners=False)
+                (grad_masks,) = torch.autograd.grad(sampled, zero_masks, grad_logits[:, None])
+            # Outside grad mode: the products of the inputs must not build a graph that keeps every chunk.
+            grad_masks = grad_masks.flatten(1).to(features.dtype)
+            if self.embeddings is not None:
+                self.embeddings[rows] = grad_masks @ features[image].flatten(1).T
+            if self.features is not None:  # in place: no `(channels, pixels)` product per chunk to add
+                self.features[image].view(features.shape[1], -1).addmm_(embeddings[rows].T, grad_masks)
+
+
+def _point_losses(logits, labels, num_masks, grad_mask=None, grad_dice=None):
+    """`(loss_mask, loss_dice)` of a chunk's point logits, and with `grad_mask`, `grad_dice` also the gradient of
+    `grad_mask * loss_mask + grad_dice * loss_dice` with respect to `logits`."""
+    if grad_mask is None:
+        return sigmoid_cross_entropy_loss(logits, labels, num_masks), dice_loss(logits, labels, num_masks), None
+    with torch.enable_grad():
+        logits = logits.detach().requires_grad_()
+        loss_mask = sigmoid_cross_entropy_loss(logits, labels, num_masks)
+        loss_dice = dice_loss(logits, labels, num_masks)
+        (grad_logits,) = torch.autograd.grad(grad_mask * loss_mask + grad_dice * loss_dice, logits)
+    return loss_mask.detach(), loss_dice.detach(), grad_logits
+
+
+def _weights_scale(grad_mask: torch.Tensor, grad_dice: torch.Tensor, weights: tuple[float, float]) -> float | None:
+    """`s` with `(grad_mask, grad_dice) = s * weights` (up to rounding), or None when they are not in that ratio."""
+    weight_mask, weight_dice = weights
+    grad_mask, grad_dice = float(grad_mask), float(grad_dice)
+    if not math.isclose(grad_mask * weight_dice, grad_dice * weight_mask, rel_tol=1e-6, abs_tol=0.0):
+        return None
+    return grad_mask / weight_mask if weight_mask else grad_dice / weight_dice
+
+
 class _PointMaskLosses(torch.autograd.Function):
     """Upstream's point losses (`loss_mask`, `loss_dice`) of the matched queries' masks `embeddings @ features`,
     computed a chunk of masks at a time, forward and backward, keeping nothing per mask or point in between.
@@ -729,9 +860,16 @@ class _PointMaskLosses(torch.autograd.Function):
     of every decoder layer), samples their most uncertain points and takes the losses at those points. Here each
     chunk's masks are built, sampled and dropped (`_MatchedPointSampler`). The backward pass replays the chunks (the
     same points from the same random draws), takes each chunk's losses' gradient at its points (each mask's losses
-    depend on its own points only) and turns it back into gradients of the embeddings and features: the bilinear
-    sampling's gradient scattered onto a zero mask, then two matrix products. The memory of the losses therefore
-    does not grow with the number of instances or decoder layers; the price is one more mask product per chunk.
+    depend on its own points only) and turns it back into gradients of the embeddings and features
+    (`_MaskGradients`). The memory of the losses therefore does not grow with the number of instances or decoder
+    layers; the price is one more mask product per chunk.
+
+    With many matched masks the replay (a new draw of every candidate point, their sampling and ranking, one more
+    mask product) costs more than keeping its result, whose size is the features' whatever the number of masks.
+    Then, when the candidate points outnumber the features' values, the forward pass also computes the gradient of
+    `weight_mask * loss_mask + weight_dice * loss_dice` (the loss's `weight_dict`) and keeps it; the backward pass
+    scales it when the incoming gradients are in that ratio (as when the model weights its losses) and replays
+    otherwise.
     """
 
     @staticmethod
@@ -739,41 +877,41 @@ class _PointMaskLosses(torch.autograd.Function):
         loss, mask_labels, matched_targets, num_masks = plan
         sampler = _MatchedPointSampler(embeddings, features, loss, matched_targets)
         padded_size = tuple(max(m.shape[d] for m in mask_labels) for d in (-2, -1))
+        weights = tuple(float(loss.weight_dict.get(key, 0.0)) for key in ("loss_mask", "loss_dice"))
+        kept = None
+        if any(weights) and any(ctx.needs_input_grad[:2]) and sum(sampler.counts) * sampler.candidates * 2 > (
+            features.numel()
+        ):
+            kept = _MaskGradients(embeddings, features, ctx.needs_input_grad)
         loss_mask = loss_dice = embeddings.new_zeros((), dtype=torch.float32)
-        for image, _, matches, points, logits in sampler.chunks(embeddings, features, sampler.end_state):
+        for image, rows, matches, points, logits in sampler.chunks(embeddings, features, sampler.end_state):
             labels = _sample_matched_targets(mask_labels, [matched_targets[image][matches]], points, padded_size,
                                              images=[image])  # fmt: skip
-            loss_mask = loss_mask + sigmoid_cross_entropy_loss(logits, labels, num_masks)
-            loss_dice = loss_dice + dice_loss(logits, labels, num_masks)
+            chunk_mask, chunk_dice, grad_logits = _point_losses(logits, labels, num_masks,
+                                                                *(weights if kept is not None else ()))  # fmt: skip
+            loss_mask, loss_dice = loss_mask + chunk_mask, loss_dice + chunk_dice
+            if kept is not None:
+                kept.add(image, rows, points, grad_logits)
         ctx.save_for_backward(embeddings, features)
-        ctx.plan, ctx.sampler, ctx.padded_size = plan, sampler, padded_size
+        ctx.plan, ctx.sampler, ctx.padded_size, ctx.weights, ctx.kept = plan, sampler, padded_size, weights, kept
         return loss_mask, loss_dice
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_mask: torch.Tensor, grad_dice: torch.Tensor):
         embeddings, features = ctx.saved_tensors
+        scale = None if ctx.kept is None else _weights_scale(grad_mask, grad_dice, ctx.weights)
+        if scale is not None:
+            kept = (ctx.kept.embeddings, ctx.kept.features)
+            return *(None if grad is None else grad * scale for grad in kept), None
         _, mask_labels, matched_targets, num_masks = ctx.plan
-        grad_embeddings = torch.zeros_like(embeddings) if ctx.needs_input_grad[0] else None
-        grad_features = torch.zeros_like(features) if ctx.needs_input_grad[1] else None
+        gradients = _MaskGradients(embeddings, features, ctx.needs_input_grad)
         now = _rng_state(ctx.sampler.device)
         for image, rows, matches, points, logits in ctx.sampler.chunks(embeddings, features, now):
             labels = _sample_matched_targets(mask_labels, [matched_targets[image][matches]], points,
                                              ctx.padded_size, images=[image])  # fmt: skip
-            with torch.enable_grad():
-                logits = logits.requires_grad_()
-                total = grad_mask * sigmoid_cross_entropy_loss(logits, labels, num_masks)
-                total = total + grad_dice * dice_loss(logits, labels, num_masks)
-                (grad_logits,) = torch.autograd.grad(total, logits)
-                zero_masks = points.new_zeros(len(points), 1, *features.shape[-2:], requires_grad=True)
-                sampled = sample_point(zero_masks, points, align_corners=False)
-                (grad_masks,) = torch.autograd.grad(sampled, zero_masks, grad_logits[:, None])
-            grad_masks = grad_masks.flatten(1).to(features.dtype)
-            if grad_embeddings is not None:
-                grad_embeddings[rows] = grad_masks @ features[image].flatten(1).T
-            if grad_features is not None:
-                grad_features[image] += (embeddings[rows].T @ grad_masks).view_as(features[image])
-        return grad_embeddings, grad_features, None
+            gradients.add(image, rows, points, _point_losses(logits, labels, num_masks, grad_mask, grad_dice)[2])
+        return gradients.embeddings, gradients.features, None
 
 
 class FastMask2FormerLoss(Mask2FormerLoss):
@@ -835,8 +973,11 @@ class FastMask2FormerLoss(Mask2FormerLoss):
 
     def forward(self, masks_queries_logits, class_queries_logits, mask_labels, class_labels,
                 auxiliary_predictions=None) -> dict[str, torch.Tensor]:  # fmt: skip
-        """Upstream's loss, with each target mask's bounding box found once for all decoder layers."""
-        return super().forward(masks_queries_logits, class_queries_logits, _TargetMasks(mask_labels), class_labels,
+        """Upstream's loss, with each target mask's bounding box found once for all decoder layers (upstream's
+        forward calls itself for each auxiliary output, passing on the same targets)."""
+        if not isinstance(mask_labels, _TargetMasks):
+            mask_labels = _TargetMasks(mask_labels)
+        return super().forward(masks_queries_logits, class_queries_logits, mask_labels, class_labels,
                                auxiliary_predictions)  # fmt: skip
 
     def get_num_masks(self, class_labels: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:

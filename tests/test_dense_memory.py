@@ -44,10 +44,21 @@ def test_loss_is_the_same_for_bool_uint8_and_float_labels(dtype):
 
 
 @pytest.mark.parametrize("chunk_elements", [16 * 24 * 3, 2**24])  # three masks per chunk; everything at once
-def test_chunked_point_losses_equal_upstream_on_full_masks(monkeypatch, chunk_elements):
+@pytest.mark.parametrize("dice_gradient", [1.0, 0.5])  # as `weight_dict` weighs the losses (kept), or not (replayed)
+def test_chunked_point_losses_equal_upstream_on_full_masks(monkeypatch, chunk_elements, dice_gradient):
     """Many chunks per image, images of different sizes (upstream pads), bool labels (ours) against upstream's
-    float labels, and more targets than fit one chunk: same losses and gradients under the same seed."""
+    float labels, and more targets than fit one chunk: same losses and gradients under the same seed. The gradient
+    comes from the forward pass's kept gradient when the losses' gradients are in `weight_dict`'s ratio (5:5), and
+    from the backward pass's replay of the chunks otherwise."""
     monkeypatch.setattr(fast_mask2former, "_CHUNK_ELEMENTS", chunk_elements)
+    passes = []
+    chunks = fast_mask2former._MatchedPointSampler.chunks
+
+    def counted_chunks(self, *args):
+        passes.append(self)
+        return chunks(self, *args)
+
+    monkeypatch.setattr(fast_mask2former._MatchedPointSampler, "chunks", counted_chunks)
     config = tiny_config(train_num_points=100)
     weight_dict = {"loss_cross_entropy": 1.0, "loss_mask": 5.0, "loss_dice": 5.0}
     upstream = Mask2FormerLoss(config, weight_dict)
@@ -70,10 +81,14 @@ def test_chunked_point_losses_equal_upstream_on_full_masks(monkeypatch, chunk_el
         torch.manual_seed(5)
         aux = [{"masks_queries_logits": logits[0], "class_queries_logits": c[0]}]
         losses = loss(logits[-1], c[-1], labels, classes, aux)
-        sum(losses.values()).backward()
+        sum(value * (dice_gradient if "dice" in key else 1.0) for key, value in losses.items()).backward()
         return losses, (e.grad, f.grad)
 
     ours_losses, ours_grads = run(ours, True)
+    # One pass over the chunks per layer in the forward pass, and one more in the backward pass when replayed.
+    assert len(passes) == layers * (1 if dice_gradient == 1.0 else 2)
+    kept = ours_losses["loss_mask"].grad_fn.kept  # the autograd node of `_PointMaskLosses`
+    assert kept is not None and kept.features.grad_fn is None and kept.embeddings.grad_fn is None  # no graph kept
     upstream_losses, upstream_grads = run(upstream, False)
     assert set(ours_losses) == set(upstream_losses)
     for key, value in upstream_losses.items():
@@ -155,3 +170,35 @@ def test_targets_read_in_their_boxes_equal_upstreams_sampling_of_padded_float_ma
     shared = fast_mask2former._sample_at_shared_points(masks, points[0])
     torch.testing.assert_close(shared, sample_point(masks.float()[:, None], points[:1].expand(6, -1, -1),
                                                     align_corners=False)[:, 0], atol=1e-6, rtol=0)  # fmt: skip
+    sparse = fast_mask2former._sparse_samples_at_shared_points(masks, fast_mask2former._nonzero_boxes(masks),
+                                                               points[0], max_density=1.0)  # fmt: skip
+    densified = torch.zeros(sparse.shape).index_put_((sparse.rows, sparse.columns), sparse.values)
+    assert torch.equal(densified, shared) and (sparse.values != 0).all()
+    assert fast_mask2former._sparse_samples_at_shared_points(masks, fast_mask2former._nonzero_boxes(masks),
+                                                             points[0], max_density=0.01) is None  # fmt: skip
+
+
+def test_matcher_on_small_cells_reads_sparse_targets_and_matches_like_upstream():
+    """Many small cells (each point near a few boxes at most): the matcher's products read the nonzero target
+    samples only, and the assignment is upstream's (every cell holds sampled points, so no two are tied)."""
+    config = tiny_config(train_num_points=3000)
+    ours = use_fast_units(Mask2FormerLoss(config, {"loss_cross_entropy": 1.0})).matcher
+    upstream = Mask2FormerLoss(config, {"loss_cross_entropy": 1.0}).matcher
+    generator = torch.Generator().manual_seed(4)
+    masks = torch.zeros(40, 256, 256, dtype=torch.bool)
+    for k in range(40):
+        row, column = divmod(k, 7)
+        masks[k, row * 36 + 3 : row * 36 + 17, column * 36 + 5 : column * 36 + 19] = True
+    class_labels = [torch.randint(0, 3, (40,), generator=generator)]
+    embeddings = torch.randn(1, 50, 16, generator=generator)
+    features = torch.randn(1, 16, 32, 32, generator=generator)
+    classes = torch.randn(1, 50, config.num_labels + 1, generator=generator)
+    torch.manual_seed(3)
+    points = torch.rand(1, config.train_num_points, 2)
+    sparse = fast_mask2former._sparse_samples_at_shared_points(masks, fast_mask2former._nonzero_boxes(masks), points[0])
+    assert sparse is not None and len(sparse.rows.unique()) == 40
+    torch.manual_seed(3)
+    a = ours(MaskLogitsFromEmbeddings(embeddings, features), classes, [masks], class_labels)
+    torch.manual_seed(3)
+    b = upstream(torch.einsum("bqc,bchw->bqhw", embeddings, features), classes, [masks.float()], class_labels)
+    assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[0][1], b[0][1])
