@@ -48,7 +48,7 @@ def recompute(output_dir: str, batch_size: int = 16) -> dict[str, float]:
     for image_id, sample in enumerate(samples):
         height, width = sample.image.shape[:2]
         images.append({"id": image_id, "height": height, "width": width})
-        for mask, label in zip(sample.masks, sample.labels):
+        for mask, label in zip(sample.binary_masks(), sample.labels):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
                                 "segmentation": rle, "area": float(mask_utils.area(rle)),
