@@ -30,7 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .arguments import DataTrainingArguments, ModelArguments, check_arguments, cli, crop_size, parse_args, run_phase
 from .configuration_mask2former_dinov3 import Mask2FormerDINOv3Config, check_input_size
 from .data import (
-    IGNORE_INDEX, CocoSegmentationSource, DataError, EpochCallback, HFSegmentationSource, InstanceCount,
+    IGNORE_INDEX, CocoSegmentationSource, DataError, HFSegmentationSource, InstanceCount,
     LabelImageSource, LabelMap, SegmentationCollator, SegmentationDataset, build_augmentation, count_instances,
     find_label_image_split, find_roboflow_split, label_map_from_semantic_class_to_id, load_hf_dataset,
     require_instances, semantic_class_to_id_of, thing_semantic_ids
@@ -400,7 +400,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         label_map=label_map, image_processor=image_processor, instance_threshold=data_args.instance_threshold,
         panoptic_threshold=data_args.panoptic_threshold, tile_size=tile_size,
         tile_overlap=default_overlap(tile_size) if native else 0,
-        callbacks=[EpochCallback(train_dataset, training_args)] if train_dataset is not None else None,
     )  # fmt: skip
 
     with run_phase():

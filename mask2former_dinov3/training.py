@@ -40,7 +40,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.trainer_utils import speed_metrics
 
-from .data import IGNORE_INDEX, LabelMap, SegmentationCollator, SegmentationDataset, image_for_model
+from .data import IGNORE_INDEX, EpochCallback, LabelMap, SegmentationCollator, SegmentationDataset, image_for_model
 from .metrics import (
     COCO_MAX_DETECTIONS,
     InstanceSegmentationEvaluator,
@@ -352,6 +352,8 @@ class Mask2FormerTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.checkpoint_weights = ConvertedCheckpointWeights(self)
         self.add_callback(self.checkpoint_weights)
+        if hasattr(self.train_dataset, "set_epoch"):  # per-epoch draws, whoever builds the trainer
+            self.add_callback(EpochCallback(self.train_dataset, self.args))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """Trainer's `train`; a checkpoint it resumes from gets its weights through `ConvertedCheckpointWeights`."""

@@ -76,3 +76,13 @@ def test_epoch_callback_sets_the_epoch_and_refuses_persistent_workers(tmp_path):
                                    report_to="none", use_cpu=True)  # fmt: skip
     with pytest.raises(ValueError, match="persistent workers keep the first epoch's dataset"):
         EpochCallback(dataset, persistent)
+    # Mask2FormerTrainer adds it itself: a trainer built without the script still draws new augmentations per epoch.
+    from tiny_configs import tiny_config
+
+    from mask2former_dinov3 import Mask2FormerDINOv3ForUniversalSegmentation
+    from mask2former_dinov3.training import Mask2FormerTrainer
+
+    trainer = Mask2FormerTrainer(model=Mask2FormerDINOv3ForUniversalSegmentation(tiny_config("vit")), args=args,
+                                 train_dataset=dataset)  # fmt: skip
+    added = [c for c in trainer.callback_handler.callbacks if isinstance(c, EpochCallback)]
+    assert len(added) == 1 and added[0].dataset is dataset
