@@ -516,7 +516,7 @@ class FastMask2FormerHungarianMatcher(Mask2FormerHungarianMatcher):
     does (one `torch.rand` per image), so a fixed seed gives the same matching. With many small targets (cells) each
     point lies near a few of them at most, and the products read only the nonzero target samples
     (`_sparse_samples_at_shared_points`): at 2,000 cells and 2,500 queries they were most of the matcher's time
-    after the assignment itself.
+    after the assignment itself, which is solved as an equivalent square problem (`_optimal_assignment`).
     """
 
     @torch.no_grad()

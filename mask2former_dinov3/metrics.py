@@ -223,8 +223,8 @@ class InstanceSegmentationEvaluator(_ImageRecords):
             truths += [_coco_annotation(image_id, label, rle, iscrowd=crowd) for rle, label, crowd in record["gt"]]
             detections += [_coco_annotation(image_id, label, rle, score=score) for rle, label, score in record["pred"]]
         # Ids from 1: COCOeval stores matched ids where 0 means "unmatched".
-        for annotations in (truths, detections):
-            for annotation_id, annotation in enumerate(annotations, start=1):
+        for listed in (truths, detections):
+            for annotation_id, annotation in enumerate(listed, start=1):
                 annotation["id"] = annotation_id
         names = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", f"mar_{self.max_detections}")
         if not category_ids:  # neither ground truth nor predictions: nothing is defined
@@ -232,8 +232,8 @@ class InstanceSegmentationEvaluator(_ImageRecords):
         coco_gt, coco_dt = COCO(), COCO()
         categories = [{"id": c, "name": str(c)} for c in category_ids]
         # Built directly rather than with loadRes, which fails on an empty detection list.
-        for coco, annotations in ((coco_gt, truths), (coco_dt, detections)):
-            coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+        for coco, listed in ((coco_gt, truths), (coco_dt, detections)):
+            coco.dataset = {"images": images, "annotations": listed, "categories": categories}
             coco.createIndex()
         evaluator = COCOeval_faster(coco_gt, coco_dt, iouType="segm", print_function=lambda *args, **kwargs: None)
         # One cap, read straight from the accumulated arrays: COCOeval's summarize() reads AP at maxDets=100 only.

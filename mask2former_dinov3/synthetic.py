@@ -34,10 +34,14 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+
+if TYPE_CHECKING:  # imported where used: `data` loads torch and transformers, which drawing shapes does not need
+    from .data import InstanceCount, LabelMap, Sample
 
 
 __all__ = [
