@@ -581,8 +581,9 @@ def _optimal_assignment(costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # one of those queries is always free, and cheaper for whichever target it would take.
     rows = np.flatnonzero(lowest <= np.partition(highest, targets - 1)[targets - 1])
     rows = rows[np.argsort(lowest[rows], kind="stable")]
-    square = np.full((len(rows), len(rows)), costs[rows].max())  # any constant: every spare column is used
-    square[:, :targets] = costs[rows]
+    kept = costs[rows]
+    square = np.full((len(rows), len(rows)), kept.max())  # any constant: every spare column is used
+    square[:, :targets] = kept
     square -= square.min(1, keepdims=True)
     square -= square.min(0, keepdims=True)
     matched_rows, matched_columns = linear_sum_assignment(square)
