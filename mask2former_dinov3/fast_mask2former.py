@@ -607,16 +607,18 @@ def _rows_per_chunk(*row_sizes: int) -> int:
 def _most_uncertain(logits: torch.Tensor, candidates: torch.Tensor, uncertainty_function, count: int) -> torch.Tensor:
     """The `count` most uncertain of `candidates` (`(masks, points, 2)`) for `(masks, 1, height, width)` logits,
     in no particular order (the point losses are sums over points)."""
-    grid = _most_uncertain_in_grid(logits, 2.0 * candidates - 1.0, uncertainty_function, count)
+    grid, _ = _most_uncertain_in_grid(logits, 2.0 * candidates - 1.0, uncertainty_function, count)
     return grid.add_(1.0).mul_(0.5)
 
 
-def _most_uncertain_in_grid(logits: torch.Tensor, grid: torch.Tensor, uncertainty_function, count: int) -> torch.Tensor:
+def _most_uncertain_in_grid(logits: torch.Tensor, grid: torch.Tensor, uncertainty_function,
+                            count: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """`_most_uncertain` of candidates given as grid_sample's `[-1, 1]` coordinates (`2 * points - 1`, exactly as
-    `sample_point` computes them), returned as such."""
-    sampled = nn.functional.grid_sample(logits, grid[:, :, None], align_corners=False)[..., 0]
-    chosen = uncertainty_function(sampled)[:, 0].topk(count, dim=1, sorted=False).indices
-    return grid.gather(1, chosen[..., None].expand(-1, -1, 2))
+    `sample_point` computes them), returned as such with the logits sampled there (`(masks, count)`): the values
+    that sampling the chosen points again would give."""
+    sampled = nn.functional.grid_sample(logits, grid[:, :, None], align_corners=False)[:, 0, :, 0]
+    chosen = uncertainty_function(sampled[:, None])[:, 0].topk(count, dim=1, sorted=False).indices
+    return grid.gather(1, chosen[..., None].expand(-1, -1, 2)), sampled.gather(1, chosen)
 
 
 class _TargetMasks(list):
@@ -804,8 +806,10 @@ class _MatchedPointSampler:
     Upstream draws every mask's candidate points first (one `torch.rand`), then every mask's random points. The
     generator is run past the candidates once (drawn chunk by chunk, as `chunks` draws them) to find the state at
     which the random points start; `chunks` then replays the draws from the saved states, so the backward pass gets
-    the forward pass's points without storing them. Each pass draws its chunks into one buffer: a fresh tensor per
-    chunk would be a fresh allocation of the chunk's size (faulted in anew when the allocator returns it).
+    the forward pass's points without storing them. Each pass draws its chunks' candidates, and computes their masks,
+    into one buffer each: a fresh tensor per chunk would be a fresh allocation of the chunk's size (faulted in anew
+    when the allocator returns it). The most uncertain points' logits are kept from their ranking, where upstream
+    samples them again (the same values: the same masks at the same coordinates).
     """
 
     def __init__(self, embeddings: torch.Tensor, features: torch.Tensor, loss, matched_targets):
@@ -845,17 +849,25 @@ class _MatchedPointSampler:
         random_points = torch.rand(sum(self.counts), self.num_points - self.uncertain, 2, device=self.device)
         _set_rng_state(self.device, self.start_state)
         buffer = self._candidates_buffer()
+        masks_buffer = None
+        if not torch.is_autocast_enabled(self.device.type) and embeddings.dtype == features.dtype == torch.float32:
+            masks_buffer = features.new_empty(buffer.shape[0], features.shape[-2] * features.shape[-1])
         try:
             for image, first, last in self.spans:
                 rows = slice(self.offsets[image] + first, self.offsets[image] + last)
                 with torch.no_grad():
-                    masks = embeddings[rows] @ features[image].flatten(1)
-                    # Sampled in float32, as grid_sample runs under autocast.
-                    masks = masks.view(last - first, 1, *features.shape[-2:]).to(random_points.dtype)
+                    if masks_buffer is None:
+                        # Sampled in float32, as grid_sample runs under autocast.
+                        masks = (embeddings[rows] @ features[image].flatten(1)).to(random_points.dtype)
+                    else:  # the same product, into the buffer (a fresh product is faulted in anew each chunk)
+                        masks = torch.mm(embeddings[rows], features[image].flatten(1), out=masks_buffer[: last - first])
+                    masks = masks.view(last - first, 1, *features.shape[-2:])
                     grid = self._draw_candidates(buffer, last - first)
-                    points = _most_uncertain_in_grid(masks, grid, self.uncertainty, self.uncertain)
-                    points = torch.cat([points.add_(1.0).mul_(0.5), random_points[rows]], 1)
-                    logits = sample_point(masks, points, align_corners=False)[:, 0]
+                    uncertain, uncertain_logits = _most_uncertain_in_grid(masks, grid, self.uncertainty, self.uncertain)
+                    # Upstream samples all points again; the uncertain ones' logits are those just sampled.
+                    random_logits = sample_point(masks, random_points[rows], align_corners=False)[:, 0]
+                    logits = torch.cat([uncertain_logits, random_logits], 1)
+                    points = torch.cat([uncertain.add_(1.0).mul_(0.5), random_points[rows]], 1)
                 del masks, grid
                 yield image, rows, slice(first, last), points, logits
         finally:
@@ -872,6 +884,14 @@ class _MaskGradients:
         self.embeddings = torch.zeros_like(embeddings) if needs_input_grad[0] else None
         # Contiguous, so that each image's gradient is a `(channels, pixels)` view to accumulate into.
         self.features = features.new_zeros(features.shape) if needs_input_grad[1] else None
+        self.zero_masks = None
+
+    def _zero_masks(self, masks: int, like: torch.Tensor) -> torch.Tensor:
+        """`(masks, 1, height, width)` zeros to sample for the sampling's gradient, from one tensor for all chunks:
+        that gradient does not depend on the sampled values, and a fresh tensor per chunk is faulted in anew."""
+        if self.zero_masks is None or len(self.zero_masks) < masks or self.zero_masks.dtype != like.dtype:
+            self.zero_masks = like.new_zeros(masks, 1, *self.inputs[1].shape[-2:])
+        return self.zero_masks[:masks].detach().requires_grad_()
 
     def add(self, image: int, rows: slice, points: torch.Tensor, grad_logits: torch.Tensor) -> None:
         """Add the gradient `grad_logits` (`(masks, points)`) of the chunk's logits at `points`."""
@@ -879,7 +899,7 @@ class _MaskGradients:
         # In the inputs' dtypes also when the forward pass (which may keep the gradient) runs under autocast.
         with torch.autocast(points.device.type, enabled=False):
             with torch.enable_grad():
-                zero_masks = points.new_zeros(len(points), 1, *features.shape[-2:], requires_grad=True)
+                zero_masks = self._zero_masks(len(points), points)
                 sampled = sample_point(zero_masks, points, align_corners=False)
                 (grad_masks,) = torch.autograd.grad(sampled, zero_masks, grad_logits[:, None])
             # Outside grad mode: the products of the inputs must not build a graph that keeps every chunk.
