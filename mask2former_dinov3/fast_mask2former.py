@@ -972,6 +972,8 @@ class _PointMaskLosses(torch.autograd.Function):
             loss_mask, loss_dice = loss_mask + chunk_mask, loss_dice + chunk_dice
             if kept is not None:
                 kept.add(image, rows, points, grad_logits)
+        if kept is not None:  # kept until the backward pass: not its scratch mask (10 outputs x 32 MB)
+            kept.zero_masks = None
         ctx.save_for_backward(embeddings, features)
         ctx.plan, ctx.sampler, ctx.padded_size, ctx.weights, ctx.kept = plan, sampler, padded_size, weights, kept
         return loss_mask, loss_dice
